@@ -1,0 +1,62 @@
+"""Image files: atomic PNG writes and labelled grids."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
+    """(3, H, W) tensor or (H, W, 3) array in [0, 1] -> 8-bit RGB image."""
+    if torch.is_tensor(image):
+        image = image.detach().float().cpu().permute(1, 2, 0).numpy()
+    array = np.clip(np.asarray(image, dtype=np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def save_image_atomic(image: Image.Image, path: Path | str) -> Path:
+    """Write next to the target and rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def labelled_grid(
+    rows: Sequence[Sequence[Image.Image]],
+    row_labels: Sequence[str] = (),
+    title: str = "",
+    pad: int = 2,
+    label_width: int = 90,
+    title_height: int = 16,
+) -> Image.Image:
+    """A grid of equally sized tiles with a text label left of each row and a title bar on top."""
+    tile_w, tile_h = rows[0][0].size
+    cols = max(len(r) for r in rows)
+    left = label_width if row_labels else 0
+    top = title_height if title else 0
+    grid = Image.new("RGB", (left + cols * (tile_w + pad) + pad, top + len(rows) * (tile_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.rectangle([0, 0, grid.width, title_height - 1], fill=(200, 30, 30))
+        draw.text((4, 2), title, fill="white")
+    for r, row in enumerate(rows):
+        y = top + pad + r * (tile_h + pad)
+        if r < len(row_labels):
+            draw.text((4, y + tile_h // 2 - 6), row_labels[r], fill="black")
+        for c, tile in enumerate(row):
+            grid.paste(tile.resize((tile_w, tile_h)), (left + pad + c * (tile_w + pad), y))
+    return grid

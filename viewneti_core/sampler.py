@@ -1,0 +1,154 @@
+"""Novel view synthesis and view-controlled text-to-image (DESIGN 3.7).
+
+DPM-Solver++ (multistep, built from the model's own scheduler config), classifier-free guidance with
+the empty prompt, unconditional and conditional rows in ONE UNet call, and many requests (cameras x
+seeds) per batch. Every request has its own generator, so an image depends only on (seed, camera,
+prompt, weights), never on which other requests shared its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DPMSolverMultistepScheduler
+from tqdm.auto import tqdm
+
+from viewneti_core.conditioning import TextConditioner, tokenize
+from viewneti_core.sd_models import SDComponents
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One image to generate. `camera` is the raw camera (3x4 matrix or 12/3 numbers) or None."""
+
+    prompt: str
+    seed: int
+    camera: tuple[float, ...] | None = None
+
+    @classmethod
+    def with_camera(cls, prompt: str, seed: int, camera: np.ndarray | torch.Tensor | None) -> SampleRequest:
+        if camera is None:
+            return cls(prompt, seed, None)
+        values = np.asarray(camera.detach().cpu() if torch.is_tensor(camera) else camera, dtype=np.float64)
+        return cls(prompt, seed, tuple(float(v) for v in values.reshape(-1)))
+
+
+@dataclass
+class SamplerSettings:
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    height: int = 576
+    width: int = 768
+    batch_size: int = 8  # requests per UNet call (each request is two rows: uncond and cond)
+
+
+def make_dpm_solver(components: SDComponents, num_inference_steps: int) -> DPMSolverMultistepScheduler:
+    scheduler = DPMSolverMultistepScheduler.from_config(components.scheduler.config)
+    scheduler.set_timesteps(num_inference_steps, device=components.device)
+    return scheduler
+
+
+def initial_latents(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Noise drawn on the CPU from the request's own generator: the same on every device."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+
+
+class ViewNetiSampler:
+    def __init__(self, components: SDComponents, conditioner: TextConditioner, settings: SamplerSettings):
+        scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
+        if settings.height % scale or settings.width % scale:
+            raise ValueError(f"height and width must be multiples of {scale}, got {settings.width}x{settings.height}")
+        if settings.num_inference_steps < 1 or settings.batch_size < 1:
+            raise ValueError("num_inference_steps and batch_size must be positive")
+        self.components = components
+        self.conditioner = conditioner
+        self.settings = settings
+        self.latent_shape = (components.unet.config.in_channels, settings.height // scale, settings.width // scale)
+
+    @torch.no_grad()
+    def sample(self, requests: Sequence[SampleRequest], progress: bool = True) -> torch.Tensor:
+        """Images in [0, 1] as a float32 CPU tensor (N, 3, H, W), in the order of `requests`."""
+        if not requests:
+            raise ValueError("no sample requests given")
+        # Validate every prompt/camera pair before any UNet work.
+        self._check_requests(requests)
+        size = self.settings.batch_size
+        batches = [requests[i : i + size] for i in range(0, len(requests), size)]
+        images = []
+        steps = self.settings.num_inference_steps
+        with tqdm(total=len(batches) * steps, desc="sampling", unit="step", disable=not progress) as bar:
+            for batch in batches:
+                images.append(self._sample_batch(batch, bar))
+        return torch.cat(images)
+
+    def _check_requests(self, requests: Sequence[SampleRequest]) -> None:
+        self.conditioner.tokenize([r.prompt for r in requests], [r.camera is not None for r in requests])
+        view = self.conditioner.view_mapper
+        for r in requests:
+            if r.camera is not None and view is not None and len(r.camera) != view.camera_dim:
+                raise ValueError(
+                    f"camera for prompt {r.prompt!r} has {len(r.camera)} numbers; the view mapper expects "
+                    f"{view.camera_dim} ({view.config.camera_normalization['representation']})"
+                )
+            if r.camera is not None and not all(np.isfinite(r.camera)):
+                raise ValueError(f"camera for prompt {r.prompt!r} (seed {r.seed}) has non-finite values")
+
+    def _sample_batch(self, batch: Sequence[SampleRequest], bar: tqdm) -> torch.Tensor:
+        components, settings = self.components, self.settings
+        device, unet = components.device, components.unet
+        scheduler = make_dpm_solver(components, settings.num_inference_steps)
+        timesteps = scheduler.timesteps
+
+        keys, values = self._contexts(batch, timesteps)  # (T, L, 2B, 77, D) each
+        latents = torch.cat([initial_latents(r.seed, (1, *self.latent_shape)) for r in batch])
+        latents = latents.to(device=device, dtype=unet.dtype) * scheduler.init_noise_sigma
+
+        for step, t in enumerate(timesteps):
+            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            noise = unet(
+                model_input,
+                t,
+                encoder_hidden_states=keys[step, 0],
+                cross_attention_kwargs={"xti_keys": keys[step], "xti_values": values[step]},
+                return_dict=False,
+            )[0]
+            uncond, cond = noise.chunk(2)
+            guided = uncond + settings.guidance_scale * (cond - uncond)
+            latents = scheduler.step(guided, t, latents, return_dict=False)[0]
+            bar.update(1)
+        return self.decode(latents)
+
+    def _contexts(self, batch: Sequence[SampleRequest], timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer contexts for every step: conditional rows from the mappers, all timesteps of all
+        distinct (prompt, camera) pairs in one batched encoding; the unconditional row is the plain
+        empty-prompt encoding, the same for every layer and step."""
+        conditioner = self.conditioner
+        unique = list(dict.fromkeys((r.prompt, r.camera) for r in batch))
+        where = [unique.index((r.prompt, r.camera)) for r in batch]
+        ids = conditioner.tokenize([p for p, _ in unique], [c is not None for _, c in unique])
+        n_steps, n_unique = len(timesteps), len(unique)
+        cam_dim = conditioner.view_mapper.camera_dim if conditioner.view_mapper is not None else 0
+        cameras = torch.tensor([c if c is not None else (0.0,) * cam_dim for _, c in unique], dtype=torch.float32)
+        # Rows are step-major: row = step * n_unique + condition.
+        keys, values = conditioner.encode(
+            ids.repeat(n_steps, 1),
+            timesteps.to(torch.float32).repeat_interleave(n_unique),
+            cameras.repeat(n_steps, 1) if cam_dim else None,
+        )
+        layers, _, length, width = keys.shape
+        index = torch.tensor(where, device=keys.device)
+        keys = keys.reshape(layers, n_steps, n_unique, length, width).transpose(0, 1)[:, :, index]
+        values = values.reshape(layers, n_steps, n_unique, length, width).transpose(0, 1)[:, :, index]
+
+        empty = conditioner.encode_plain(tokenize(conditioner.tokenizer, [""]))  # (1, 77, D)
+        uncond = empty.expand(n_steps, layers, len(batch), length, width)
+        dtype = self.components.unet.dtype
+        return torch.cat([uncond, keys], dim=2).to(dtype), torch.cat([uncond, values], dim=2).to(dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.components.vae
+        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
