@@ -45,6 +45,50 @@ def _cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from viewneti_core.training import train
+
+    config = load_config(args.config, overrides)
+    result = train(config, resume=args.resume)
+    label = " (RANDOM-WEIGHT base model: not benchmark quality)" if result.weights == "random" else ""
+    print(f"trained {result.steps} steps{label}; last checkpoint: {result.final_checkpoint}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_infer(args: argparse.Namespace, overrides: list[str]) -> int:
+    from viewneti_core.inference import run_inference
+
+    path = tuple(args.camera_path) if args.camera_path else None
+    result = run_inference(
+        args.run_dir, step=args.step, seeds=args.seeds, views=args.views, object_token=args.token,
+        out_dir=args.out, camera_path=path,
+    )
+    label = " (RANDOM WEIGHTS: not benchmark quality)" if result.weights == "random" else ""
+    print(f"rendered step {result.step}{label} -> {result.out_dir}")
+    for grid in result.grids:
+        print(f"  grid: {grid}")
+    if result.gif:
+        print(f"  camera path: {result.gif}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from viewneti_core.inference import load_cameras_arg, run_generate
+
+    config = load_config(args.config, overrides)
+    cameras = load_cameras_arg(args.cameras, args.camera_root)
+    paths = run_generate(args.view_mapper, args.prompt, cameras, args.seeds, args.out, args.model, config)
+    print(f"wrote {len(paths)} images to {args.out}")
+    return 0
+
+
 def _cmd_make_synthetic(args: argparse.Namespace, overrides: list[str]) -> int:
     from viewneti_core.synthetic import run_make_synthetic
 
@@ -66,6 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(demo, default="configs/demo.yaml")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output directory")
     demo.set_defaults(handler=_cmd_demo, takes_overrides=True)
+
+    train = groups.add_parser("train", help="train mappers (learnable modes 0, 2, 3, 4, 5)")
+    _config_args(train)
+    train.add_argument("--resume", default=None, help="'latest', a step number or a checkpoint directory")
+    train.set_defaults(handler=_cmd_train, takes_overrides=True)
+
+    infer = groups.add_parser("infer", help="render novel views of a trained run over seeds")
+    infer.add_argument("--run-dir", type=Path, required=True)
+    infer.add_argument("--step", default="latest", help="checkpoint step or 'latest'")
+    infer.add_argument("--seeds", type=_int_list, default=None, help="e.g. 0,1,2 (default: eval.seeds of the run)")
+    infer.add_argument("--views", type=_int_list, default=None, help="DTU camera indices (default: the 34 eval views)")
+    infer.add_argument("--token", default=None, help="object token to render (mode 3: e.g. '<scan8>')")
+    infer.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/inference/step-N")
+    infer.add_argument("--camera-path", type=int, nargs=3, metavar=("FROM", "TO", "FRAMES"),
+                       help="also render a GIF along a path between two DTU cameras")
+    infer.set_defaults(handler=_cmd_infer, takes_overrides=False)
+
+    generate = groups.add_parser("generate", help="view-controlled text-to-image with a pretrained view mapper")
+    _config_args(generate)
+    generate.add_argument("--view-mapper", required=True, help="run dir, checkpoint dir, mapper file or registry name")
+    generate.add_argument("--prompt", required=True, help='must contain <view>, e.g. "<view>. A photo of a teddy bear"')
+    generate.add_argument("--cameras", required=True, help="DTU camera indices (with --camera-root) or a JSON file")
+    generate.add_argument("--camera-root", type=Path, default=None, help="DTU tree whose cameras the indices refer to")
+    generate.add_argument("--seeds", type=_int_list, default=[0])
+    generate.add_argument("--model", default=None, help="base model (default: the one the view mapper was trained on)")
+    generate.add_argument("--out", type=Path, default=Path("outputs/generate"))
+    generate.set_defaults(handler=_cmd_generate, takes_overrides=True)
 
     config = groups.add_parser("config", help="inspect configurations").add_subparsers(dest="command", required=True)
     show = config.add_parser("show", help="print the validated config (defaults + file + overrides)")
@@ -110,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args, rest)
     except (ConfigError, ModelNotFoundError, PromptError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        # TrainingSetupError and the data errors are ValueErrors: user mistakes, not bugs.
         if args.verbose:
             raise
         print(f"viewneti: error: {exc}\n(run with --verbose for the traceback)", file=sys.stderr)

@@ -1,0 +1,108 @@
+"""Checkpoints: atomic layout, pruning, exact restore of optimizer/scheduler/RNG, no pickle."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from diffusers.optimization import get_scheduler
+
+from viewneti_core.checkpoints import (
+    TrainingState,
+    list_checkpoints,
+    load_checkpoint_mappers,
+    load_training_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from viewneti_core.mappers import build_mapper
+
+PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")  # pickle protocols, torch zip
+
+
+def _setup(camera_normalization):
+    torch.manual_seed(0)
+    mappers = {
+        "view": build_mapper("view", 16, 0.5, token="<view>", super_category_token="view", camera_normalization=camera_normalization),
+        "<scan8>": build_mapper("object", 16, 0.7, token="<scan8>", super_category_token="object"),
+    }
+    params = [p for m in mappers.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-2)
+    scheduler = get_scheduler("constant", optimizer=optimizer)
+    return mappers, params, optimizer, scheduler
+
+
+def _step(mappers, optimizer, scheduler):
+    word, bypass = mappers["view"](torch.randint(0, 1000, (4,)), torch.randint(0, 16, (4,)), torch.randn(4, 12))
+    word2, _ = mappers["<scan8>"](torch.randint(0, 1000, (4,)), torch.randint(0, 16, (4,)))
+    loss = (word.sum() + bypass.pow(2).mean() + word2.pow(3).sum()) * torch.rand(())
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
+def test_resume_continues_exactly(tmp_path, camera_normalization):
+    mappers, params, optimizer, scheduler = _setup(camera_normalization)
+    for _ in range(3):
+        _step(mappers, optimizer, scheduler)
+    random.random(), np.random.rand()
+    ckpt = save_checkpoint(tmp_path, 3, mappers, {"base_model": "x"}, optimizer, scheduler, TrainingState(3, 1, 4))
+    for _ in range(3):  # uninterrupted continuation
+        _step(mappers, optimizer, scheduler)
+    expected = {k: m.state_dict() for k, m in mappers.items()}
+    tail_draws = (random.random(), float(np.random.rand()))
+
+    restored = load_checkpoint_mappers(ckpt)
+    _, _, optimizer2, scheduler2 = _setup(camera_normalization)
+    params2 = [p for m in restored.values() for p in m.parameters()]
+    optimizer2 = torch.optim.AdamW(params2, lr=1e-2, weight_decay=1e-2)
+    scheduler2 = get_scheduler("constant", optimizer=optimizer2)
+    torch.manual_seed(12345)  # garbage RNG state that the restore must overwrite
+    state = load_training_state(ckpt, optimizer2, scheduler2)
+    assert state == TrainingState(3, 1, 4)
+    for _ in range(3):
+        _step(restored, optimizer2, scheduler2)
+    for key, mapper in restored.items():
+        for name, value in mapper.state_dict().items():
+            assert torch.equal(value, expected[key][name]), (key, name)
+    assert (random.random(), float(np.random.rand())) == tail_draws
+
+
+def test_layout_pruning_and_resolution(tmp_path, camera_normalization):
+    mappers, _, optimizer, scheduler = _setup(camera_normalization)
+    (tmp_path / "checkpoints" / ".checkpoint-9.tmp").mkdir(parents=True)  # an interrupted write
+    for step in (2, 4, 6):
+        save_checkpoint(tmp_path, step, mappers, {}, optimizer, scheduler, TrainingState(step, 0, step), total_limit=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
+    assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-6"
+    assert resolve_checkpoint(tmp_path, "4").name == "checkpoint-4"
+    with pytest.raises(FileNotFoundError, match=r"available steps: \[4, 6\]"):
+        resolve_checkpoint(tmp_path, 2)
+    files = sorted(p.relative_to(tmp_path / "checkpoints" / "checkpoint-6").as_posix()
+                   for p in (tmp_path / "checkpoints" / "checkpoint-6").rglob("*") if p.is_file())
+    assert files == [
+        "checkpoint.json",
+        "mappers/object-scan8.json",
+        "mappers/object-scan8.safetensors",
+        "mappers/view.json",
+        "mappers/view.safetensors",
+        "training_state.json",
+        "training_state.safetensors",
+    ]
+    info = json.loads((tmp_path / "checkpoints" / "checkpoint-6" / "checkpoint.json").read_text())
+    assert info["mappers"] == {"view": "mappers/view", "<scan8>": "mappers/object-scan8"}
+    view_meta = json.loads((tmp_path / "checkpoints" / "checkpoint-6" / "mappers" / "view.json").read_text())
+    assert view_meta["camera_normalization"]["representation"] == "dtu-12d"
+    assert len(view_meta["camera_normalization"]["min"]) == 12
+
+
+def test_no_checkpoint_file_is_a_pickle(tmp_path, camera_normalization):
+    mappers, _, optimizer, scheduler = _setup(camera_normalization)
+    _step(mappers, optimizer, scheduler)
+    ckpt = save_checkpoint(tmp_path, 1, mappers, {}, optimizer, scheduler, TrainingState(1, 0, 1))
+    for path in ckpt.rglob("*"):
+        if path.is_file():
+            assert path.suffix in (".json", ".safetensors"), path
+            assert not path.read_bytes()[:4].startswith(PICKLE_MAGIC), path

@@ -1,0 +1,310 @@
+"""Training of the ViewNeTI mappers for learnable modes 0, 2, 3, 4, 5 (DESIGN 3.2, 3.6).
+
+Read it top to bottom like a diffusers training example: check the inputs, build the data, build the
+model, set up accelerate, then the loop. Only mapper parameters are optimised; the UNet, VAE and text
+encoder stay frozen. Every `log.save_steps` a checkpoint is written (safetensors + JSON) that lets
+`--resume latest` continue bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from diffusers.optimization import get_scheduler
+from torch import nn
+from tqdm.auto import tqdm
+
+from viewneti_core.checkpoints import (
+    TrainingState,
+    load_checkpoint_mappers,
+    load_training_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from viewneti_core.conditioning import VIEW_MAPPER_KEY, TextConditioner
+from viewneti_core.config import ViewNetiConfig, dump_config
+from viewneti_core.model import ViewNetiModel, build_model
+from viewneti_core.sd_models import SDComponents, load_components, resolve_device
+from viewneti_core.training_data import TrainingData, build_training_data, collate
+from viewneti_core.validation import render_validation
+from viewneti_core.view_mapper_registry import load_pretrained_view_mapper
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingSetupError(ValueError):
+    """A problem found before the first training step; nothing was trained or written."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_checkpoint: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)  # one mean loss per optimizer step of this process
+    weights: str = "pretrained"
+
+
+class MapperForward(nn.Module):
+    """The trainable part as one module, so accelerate/DDP see every mapper call in `forward`."""
+
+    def __init__(self, conditioner: TextConditioner):
+        super().__init__()
+        self.mappers = conditioner.mappers
+        self._conditioner = [conditioner]  # a list keeps the frozen encoder out of this module's parameters
+
+    def forward(self, input_ids: torch.Tensor, timesteps: torch.Tensor, cameras: torch.Tensor | None):
+        return self._conditioner[0].encode(input_ids, timesteps, cameras)
+
+
+def run_dir_of(config: ViewNetiConfig) -> Path:
+    return Path(config.log.exp_dir) / config.log.exp_name
+
+
+# ---- checks before any work --------------------------------------------------------------------
+
+
+def check_training_inputs(config: ViewNetiConfig, resume: str | None) -> None:
+    mode = config.learnable_mode
+    if mode in (4, 5) and not config.model.pretrained_view_mapper:
+        raise TrainingSetupError(
+            f"learnable_mode {mode} fits an object mapper next to a pretrained view mapper: set "
+            "model.pretrained_view_mapper to a mode-3 run/checkpoint or a name in configs/view_mappers.yaml"
+        )
+    if config.data.train_data_dir is None:
+        raise TrainingSetupError("data.train_data_dir is not set (a DTU tree for modes 2-5, an image folder for mode 0)")
+    if not Path(config.data.train_data_dir).is_dir():
+        raise TrainingSetupError(f"data.train_data_dir {config.data.train_data_dir} is not a directory")
+    run_dir = run_dir_of(config)
+    existing = run_dir.exists() and any(run_dir.iterdir())
+    if existing and resume is None and not config.log.overwrite_ok:
+        raise TrainingSetupError(
+            f"run directory {run_dir} already exists: pass --resume latest to continue it, set "
+            "log.overwrite_ok true to start over, or choose another log.exp_name"
+        )
+    if resume is not None and not existing:
+        raise TrainingSetupError(f"cannot resume: run directory {run_dir} does not exist")
+    if config.log.report_to == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise TrainingSetupError("log.report_to is 'wandb' but wandb is not installed: pip install 'viewneti[wandb]'") from None
+
+
+# ---- model -------------------------------------------------------------------------------------
+
+
+def build_training_model(
+    config: ViewNetiConfig, components: SDComponents, data: TrainingData, resume_checkpoint: Path | None
+) -> ViewNetiModel:
+    """New or pretrained mappers for the mode; on resume, the checkpoint's mappers."""
+    mode = config.learnable_mode
+    view_mapper = None
+    view_norm = None
+    object_mappers = None
+    new_tokens = data.object_tokens
+    if resume_checkpoint is not None:
+        loaded = load_checkpoint_mappers(resume_checkpoint)
+        view_mapper = loaded.pop(VIEW_MAPPER_KEY, None)
+        object_mappers, new_tokens = loaded, []
+    elif mode in (4, 5):
+        view_mapper = load_pretrained_view_mapper(
+            config.model.pretrained_view_mapper,
+            text_width=components.text_width,
+            camera_representation=config.data.camera_representation,
+            step=config.model.pretrained_view_mapper_step,
+        )
+    elif mode in (2, 3):
+        view_norm = data.camera_normalization
+    model = build_model(
+        config,
+        components,
+        view_mapper=view_mapper,
+        object_mappers=object_mappers,
+        new_object_tokens=new_tokens,
+        view_camera_normalization=view_norm,
+    )
+    if model.conditioner.view_mapper is not None:
+        model.conditioner.view_mapper.requires_grad_(mode != 5)  # mode 5: the view mapper stays frozen
+    return model
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+def train(
+    config: ViewNetiConfig,
+    resume: str | None = None,
+    components: SDComponents | None = None,
+    on_step_end: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the mappers of `config.learnable_mode`; `on_step_end(step)` runs after each optimizer step."""
+    check_training_inputs(config, resume)
+    run_dir = run_dir_of(config)
+    resume_checkpoint = resolve_checkpoint(run_dir, resume) if resume is not None else None
+    data = build_training_data(config)  # fails on unusable data before anything is written
+
+    optim = config.optim
+    accelerator = Accelerator(
+        gradient_accumulation_steps=optim.gradient_accumulation_steps,
+        mixed_precision=optim.mixed_precision,
+        log_with=None if config.log.report_to == "none" else config.log.report_to,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / config.log.logging_dir)),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # mode 3 uses one scene per step
+        cpu=resolve_device(config.run.device).type == "cpu",
+    )
+    if optim.seed is not None and resume_checkpoint is None:
+        torch.manual_seed(optim.seed)
+    if optim.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[optim.mixed_precision]
+    if components is None:
+        components = load_components(
+            config.model.pretrained_model_name_or_path, revision=config.model.revision,
+            device=accelerator.device, dtype=weight_dtype,
+        )
+    else:
+        components.to(device=accelerator.device, dtype=weight_dtype).freeze()
+    model = build_training_model(config, components, data, resume_checkpoint)
+    conditioner = model.conditioner
+
+    if accelerator.is_main_process:
+        if resume_checkpoint is None and run_dir.exists() and config.log.overwrite_ok:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(config))
+
+    trainable = [p for p in conditioner.mappers.parameters() if p.requires_grad]
+    lr = optim.learning_rate
+    if optim.scale_lr:
+        lr *= optim.train_batch_size * optim.gradient_accumulation_steps * accelerator.num_processes
+    optimizer = torch.optim.AdamW(
+        trainable, lr=lr, betas=(optim.adam_beta1, optim.adam_beta2),
+        weight_decay=optim.adam_weight_decay, eps=optim.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        optim.lr_scheduler, optimizer=optimizer, num_warmup_steps=optim.lr_warmup_steps * accelerator.num_processes
+    )
+    mapper_module = MapperForward(conditioner)
+    mapper_module, optimizer, lr_scheduler = accelerator.prepare(mapper_module, optimizer, lr_scheduler)
+
+    state = TrainingState(step=0, epoch=0, batch_in_epoch=0)
+    if resume_checkpoint is not None:
+        state = load_training_state(resume_checkpoint, optimizer, lr_scheduler)
+        logger.info("resumed from %s at step %d", resume_checkpoint, state.step)
+    if accelerator.is_main_process and config.log.report_to != "none":
+        accelerator.init_trackers(config.log.exp_name)
+
+    logger.info(
+        "training mode %d: %d trainable mapper parameters, %d images, lr %.2e, %d steps",
+        config.learnable_mode, sum(p.numel() for p in trainable), len(data.dataset), lr, optim.max_train_steps,
+    )
+    scheduler = components.scheduler
+    unet, vae = components.unet, components.vae
+    losses: list[float] = []
+    accumulated: list[float] = []
+    bar = tqdm(total=optim.max_train_steps, initial=state.step, desc=f"mode {config.learnable_mode}",
+               disable=not progress or not accelerator.is_local_main_process)
+
+    while state.step < optim.max_train_steps:
+        batches = data.batches(state.epoch)[accelerator.process_index :: accelerator.num_processes]
+        loader = torch.utils.data.DataLoader(
+            data.dataset, batch_sampler=batches[state.batch_in_epoch :], collate_fn=collate,
+            num_workers=config.data.dataloader_num_workers,
+        )
+        for batch in loader:
+            state.batch_in_epoch += 1
+            with accelerator.accumulate(mapper_module):
+                pixels = batch["pixel_values"].to(accelerator.device, dtype=weight_dtype)
+                latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+                noise = torch.randn_like(latents)
+                timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+                noisy = scheduler.add_noise(latents, noise, timesteps)
+                cameras = batch.get("camera")
+                ids = conditioner.tokenize(batch["caption"], cameras is not None)
+                keys, values = mapper_module(ids, timesteps.float(), cameras)
+                prediction = unet(
+                    noisy, timesteps, encoder_hidden_states=keys[0],
+                    cross_attention_kwargs={"xti_keys": keys, "xti_values": values}, return_dict=False,
+                )[0]
+                if scheduler.config.prediction_type == "v_prediction":
+                    target = scheduler.get_velocity(latents, noise, timesteps)
+                else:
+                    target = noise
+                loss = F.mse_loss(prediction.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and optim.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(trainable, optim.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            accumulated.append(loss.detach().item())
+            if not accelerator.sync_gradients:
+                continue
+
+            state.step += 1
+            step_loss = sum(accumulated) / len(accumulated)
+            accumulated.clear()
+            losses.append(step_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            record = {"step": state.step, "loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}
+            if accelerator.is_main_process:
+                with (run_dir / METRICS_FILE).open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            accelerator.log({"loss": step_loss, "lr": record["lr"]}, step=state.step)
+
+            done = state.step >= optim.max_train_steps
+            if accelerator.is_main_process and (state.step % config.log.save_steps == 0 or done):
+                save_checkpoint(
+                    run_dir, state.step, dict(conditioner.mappers.items()), checkpoint_info(config, model),
+                    optimizer, lr_scheduler, state, config.log.checkpoints_total_limit,
+                )
+            if accelerator.is_main_process and (state.step % config.eval.validation_steps == 0 or done):
+                render_validation(config, model, data, run_dir, state.step, accelerator)
+            if on_step_end is not None:
+                on_step_end(state.step)
+            if done:
+                break
+        else:  # epoch exhausted
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    bar.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    final = resolve_checkpoint(run_dir, state.step)
+    return TrainResult(run_dir, final, state.step, losses, model.weights_label)
+
+
+def checkpoint_info(config: ViewNetiConfig, model: ViewNetiModel) -> dict:
+    """What a checkpoint needs to be used without the training config at hand."""
+    components = model.components
+    return {
+        "learnable_mode": config.learnable_mode,
+        "base_model": components.source,
+        "text_width": components.text_width,
+        "num_unet_layers": model.num_layers,
+        "weights": components.weights,
+        "view_token": config.data.placeholder_view_token,
+        "object_tokens": list(model.conditioner.object_mappers),
+        "camera_representation": config.data.camera_representation,
+        "output_bypass": config.model.output_bypass,
+        "output_bypass_alpha_view": config.model.output_bypass_alpha_view,
+        "output_bypass_alpha_object": config.model.output_bypass_alpha_object,
+        "config": json.loads(json.dumps(config.model_dump(mode="json"))),
+    }
+

@@ -1,0 +1,99 @@
+"""The data side of training: which dataset each learnable mode uses, and its micro-batch order.
+
+The micro-batch order of an epoch is a pure function of (seed, epoch), so a resumed run can skip
+exactly the micro-batches the interrupted run had consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from viewneti_core import dtu
+from viewneti_core.cameras import CameraNormalization
+from viewneti_core.config import ViewNetiConfig
+
+
+@dataclass
+class TrainingData:
+    dataset: torch.utils.data.Dataset
+    object_tokens: list[str]
+    camera_normalization: CameraNormalization | None
+    batches: Callable[[int], list[list[int]]]  # epoch -> micro-batches (lists of dataset indices)
+    validation_views: Callable[[list[int]], list[tuple[int, np.ndarray, Image.Image]]]
+
+
+def collate(items: list[dict]) -> dict:
+    batch = {
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        "caption": [item["caption"] for item in items],
+        "object_token": [item["object_token"] for item in items],
+    }
+    cameras = [item.get("camera") for item in items]
+    if any(c is not None for c in cameras):
+        if any(c is None for c in cameras):
+            raise ValueError("a micro-batch mixes items with and without cameras")
+        batch["camera"] = torch.stack(cameras)
+    return batch
+
+
+def shuffled_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    return [order[i : i + batch_size] for i in range(0, n_items, batch_size)]
+
+
+def build_training_data(config: ViewNetiConfig) -> TrainingData:
+    """Dataset, tokens and camera normalisation for `config.learnable_mode`; raises on unusable data."""
+    from viewneti_core import datasets
+
+    data, optim = config.data, config.optim
+    root = Path(data.train_data_dir)
+    seed = optim.seed or 0
+    size = (data.width, data.height)
+
+    if config.learnable_mode == 0:
+        dataset = datasets.ImageFolderDataset(
+            root, size=data.resolution, placeholder_token=data.placeholder_object_token, repeats=data.repeats
+        )
+        return TrainingData(
+            dataset, [data.placeholder_object_token], None,
+            lambda epoch: shuffled_batches(len(dataset), optim.train_batch_size, seed, epoch),
+            lambda views: [],
+        )
+
+    normalization = datasets.dtu_camera_normalization(root)
+    cameras = dtu.load_cameras(root)
+
+    def validation_views(views: list[int], scan: int) -> list[tuple[int, np.ndarray, Image.Image]]:
+        return [(cam, cameras[cam], Image.open(root / dtu.image_relpath(scan, cam, data.dtu_lighting))) for cam in views]
+
+    if config.learnable_mode == 3:
+        scans = list(data.dtu_pretrain_scans)
+        tokens = [data.scan_token_pattern.format(scan=s) for s in scans]
+        dataset = datasets.DTUMultiSceneDataset(
+            root, scans, views=dtu.subset_views(data.dtu_subset), light=data.dtu_lighting, size=size,
+            augmentation=data.augmentation, view_token=data.placeholder_view_token,
+            token_pattern=data.scan_token_pattern, repeats=data.repeats,
+        )
+
+        def scene_batches(epoch: int) -> list[list[int]]:
+            sampler = datasets.SingleSceneBatchSampler(dataset, optim.train_batch_size, seed=seed * 100_003 + epoch)
+            return [list(b) for b in sampler]
+
+        return TrainingData(dataset, tokens, normalization, scene_batches, lambda v: validation_views(v, scans[0]))
+
+    dataset = datasets.DTUSceneDataset(
+        root, data.dtu_scan, views=dtu.subset_views(data.dtu_subset), light=data.dtu_lighting, size=size,
+        augmentation=data.augmentation, view_token=data.placeholder_view_token,
+        object_token=data.placeholder_object_token, repeats=data.repeats,
+    )
+    return TrainingData(
+        dataset, [data.placeholder_object_token], normalization,
+        lambda epoch: shuffled_batches(len(dataset), optim.train_batch_size, seed, epoch),
+        lambda v: validation_views(v, data.dtu_scan),
+    )
