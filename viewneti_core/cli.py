@@ -101,6 +101,29 @@ def _cmd_prepare(args: argparse.Namespace, overrides: list[str]) -> int:
     return run_prepare(args)
 
 
+def _cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from viewneti_core.evaluation import evaluate_predictions
+
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    out = evaluate_predictions(
+        args.predictions, args.out, protocols=protocols, device=args.device, lpips_weights=args.lpips,
+        run_name=args.run_name, data_root=args.data_root,
+    )
+    print(f"wrote per-image metrics ({', '.join(protocols)}) to {out}")
+    return 0
+
+
+def _cmd_summarize(args: argparse.Namespace, overrides: list[str]) -> int:
+    from viewneti_core.summary import summarize
+
+    result = summarize(args.tables, args.out)
+    label = " (RANDOM WEIGHTS: not benchmark quality)" if result.random_weights else ""
+    print(f"summarised {result.n_groups} groups{label}:")
+    for path in (result.markdown, result.csv, result.table, *result.plots):
+        print(f"  {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="viewneti", description="Viewpoint Neural Textual Inversion (ViewNeTI)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -137,6 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--model", default=None, help="base model (default: the one the view mapper was trained on)")
     generate.add_argument("--out", type=Path, default=Path("outputs/generate"))
     generate.set_defaults(handler=_cmd_generate, takes_overrides=True)
+
+    evaluate = groups.add_parser("evaluate", help="DTU metrics (PSNR, SSIM, LPIPS) of a predictions directory")
+    evaluate.add_argument("--predictions", type=Path, required=True, help="directory written by `viewneti infer`")
+    evaluate.add_argument("--out", type=Path, default=None, help="Parquet file (default: PREDICTIONS/metrics.parquet)")
+    evaluate.add_argument("--protocols", default="viewneti,regnerf", help="comma-separated: viewneti, regnerf")
+    evaluate.add_argument("--device", default="cpu", help="torch device for the metrics, e.g. cpu or cuda")
+    evaluate.add_argument("--lpips", choices=("pretrained", "random", "none"), default="pretrained",
+                          help="LPIPS VGG backbone: pretrained (torch hub cache), random (tests only), none (skip)")
+    evaluate.add_argument("--data-root", type=Path, default=None, help="DTU tree (default: the one the run used)")
+    evaluate.add_argument("--run-name", default=None, help="run label in the table (default: the run dir's name)")
+    evaluate.set_defaults(handler=_cmd_evaluate, takes_overrides=False)
+
+    summarize = groups.add_parser("summarize", help="paper-style summary table and plots from evaluation tables")
+    summarize.add_argument("--tables", type=Path, nargs="+", required=True, help="Parquet files from `evaluate`")
+    summarize.add_argument("--out", type=Path, required=True, help="output directory")
+    summarize.set_defaults(handler=_cmd_summarize, takes_overrides=False)
 
     config = groups.add_parser("config", help="inspect configurations").add_subparsers(dest="command", required=True)
     show = config.add_parser("show", help="print the validated config (defaults + file + overrides)")

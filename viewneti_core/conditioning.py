@@ -210,7 +210,7 @@ class TextConditioner:
         hidden_bypass = hidden
         for mask, unit, alpha in bypasses:
             scale = hidden.norm(dim=-1, keepdim=True)
-            hidden_bypass = hidden_bypass + alpha * mask[..., None] * unit[:, None, :] * scale
+            hidden_bypass = hidden_bypass + alpha * mask[..., None].to(hidden.dtype) * unit[:, None, :] * scale
         keys = self._final_norm(hidden)
         values = self._final_norm(hidden_bypass) if bypasses else keys
         shape = (n, layers, length, keys.shape[-1])

@@ -25,7 +25,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from viewneti_core import dtu
-from viewneti_core.cameras import intrinsics_for_size, look_at_extrinsics, projection_matrix, spherical_to_center
+from viewneti_core.cameras import (
+    intrinsics_for_size,
+    look_at_extrinsics,
+    projection_matrix,
+    spherical_to_center,
+)
 
 DEFAULT_SIZE = (160, 120)  # (width, height)
 TARGET = np.array([0.0, 0.0, 35.0])  # the point all cameras look at (mm, world z up, table at z=0)
@@ -368,6 +373,7 @@ def make_synthetic_dtu(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: others (cluster workers) could not read
         cameras = synthetic_cameras(size)
         for cam, matrix in enumerate(cameras):
             path = tmp / dtu.camera_relpath(cam)
@@ -419,6 +425,13 @@ def _publish(tmp: Path, out_dir: Path) -> None:
     os.replace(tmp, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # ---- archives shaped like the official releases -------------------------------------------------
@@ -487,6 +500,7 @@ def _write_zip(path: Path, members: dict[str, Path | bytes]) -> Path:
                 # PNGs are already compressed: store them, as the real releases effectively do.
                 info.compress_type = zipfile.ZIP_STORED if name.endswith(".png") else zipfile.ZIP_DEFLATED
                 zf.writestr(info, data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

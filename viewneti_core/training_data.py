@@ -10,13 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from viewneti_core import dtu
 from viewneti_core.cameras import CameraNormalization
 from viewneti_core.config import ViewNetiConfig
+
+CAMERA_FILE = "cameras.json"  # a bring-your-own capture folder instead of a DTU tree (docs/cameras_json.md)
 
 
 @dataclass
@@ -25,7 +26,7 @@ class TrainingData:
     object_tokens: list[str]
     camera_normalization: CameraNormalization | None
     batches: Callable[[int], list[list[int]]]  # epoch -> micro-batches (lists of dataset indices)
-    validation_views: Callable[[list[int]], list[tuple[int, np.ndarray, Image.Image]]]
+    validation_views: Callable[[list[int]], list[tuple[int, torch.Tensor, Image.Image]]]  # (view, camera vector, GT)
 
 
 def collate(items: list[dict]) -> dict:
@@ -66,10 +67,13 @@ def build_training_data(config: ViewNetiConfig) -> TrainingData:
             lambda views: [],
         )
 
-    normalization = datasets.dtu_camera_normalization(root)
-    cameras = dtu.load_cameras(root)
+    representation = data.camera_representation
+    if (root / CAMERA_FILE).is_file():
+        return _camera_folder_data(config, root, seed)
+    normalization = datasets.dtu_camera_normalization(root, representation)
+    cameras = datasets.camera_vectors(dtu.load_cameras(root), representation)  # raw mapper inputs
 
-    def validation_views(views: list[int], scan: int) -> list[tuple[int, np.ndarray, Image.Image]]:
+    def validation_views(views: list[int], scan: int) -> list[tuple[int, torch.Tensor, Image.Image]]:
         return [(cam, cameras[cam], Image.open(root / dtu.image_relpath(scan, cam, data.dtu_lighting))) for cam in views]
 
     if config.learnable_mode == 3:
@@ -78,7 +82,7 @@ def build_training_data(config: ViewNetiConfig) -> TrainingData:
         dataset = datasets.DTUMultiSceneDataset(
             root, scans, views=dtu.subset_views(data.dtu_subset), light=data.dtu_lighting, size=size,
             augmentation=data.augmentation, view_token=data.placeholder_view_token,
-            token_pattern=data.scan_token_pattern, repeats=data.repeats,
+            token_pattern=data.scan_token_pattern, repeats=data.repeats, camera_representation=representation,
         )
 
         def scene_batches(epoch: int) -> list[list[int]]:
@@ -90,10 +94,35 @@ def build_training_data(config: ViewNetiConfig) -> TrainingData:
     dataset = datasets.DTUSceneDataset(
         root, data.dtu_scan, views=dtu.subset_views(data.dtu_subset), light=data.dtu_lighting, size=size,
         augmentation=data.augmentation, view_token=data.placeholder_view_token,
-        object_token=data.placeholder_object_token, repeats=data.repeats,
+        object_token=data.placeholder_object_token, repeats=data.repeats, camera_representation=representation,
     )
     return TrainingData(
         dataset, [data.placeholder_object_token], normalization,
         lambda epoch: shuffled_batches(len(dataset), optim.train_batch_size, seed, epoch),
         lambda v: validation_views(v, data.dtu_scan),
+    )
+
+
+def _camera_folder_data(config: ViewNetiConfig, root: Path, seed: int) -> TrainingData:
+    """Modes 2/4/5 on a folder of posed images described by cameras.json."""
+    from viewneti_core import datasets
+    from viewneti_core.camera_files import load_camera_folder
+
+    data, optim = config.data, config.optim
+    if config.learnable_mode == 3:
+        raise ValueError(f"mode 3 pretrains on DTU scenes; {root} is a cameras.json capture folder")
+    folder = load_camera_folder(root, data.camera_representation)
+    vectors = datasets.camera_vectors_of(folder.cameras, data.camera_representation)
+    entries = [(path, vectors[i], data.placeholder_object_token) for i, path in enumerate(folder.image_paths)]
+    dataset = datasets.ViewImagesDataset(entries, (data.width, data.height), data.placeholder_view_token,
+                                         data.augmentation, data.repeats)
+
+    def validation_views(views: list[int]) -> list[tuple[int, torch.Tensor, Image.Image]]:
+        views = [v for v in views if v < len(folder.image_paths)] or [0]
+        return [(v, vectors[v], Image.open(folder.image_paths[v])) for v in views]
+
+    return TrainingData(
+        dataset, [data.placeholder_object_token], folder.normalization,
+        lambda epoch: shuffled_batches(len(dataset), optim.train_batch_size, seed, epoch),
+        validation_views,
     )

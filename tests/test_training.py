@@ -1,0 +1,252 @@
+"""Training on the tiny model and synthetic DTU scenes: learning signal, frozen mappers, resume, errors.
+
+The tiny model has random weights, so its loss landscape is shallow and the per-step loss is
+dominated by the random timestep and noise draws. To see the learning signal without that noise we
+compare each run with a *paired baseline*: the same config and seed with a vanishing learning rate
+draws exactly the same images, timesteps and noise at every step, so the per-step difference of the
+two loss curves is what the optimiser achieved.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from viewneti_core import dtu
+from viewneti_core.checkpoints import list_checkpoints, load_checkpoint_mappers
+from viewneti_core.cli import main as cli_main
+from viewneti_core.conditioning import VIEW_MAPPER_KEY
+from viewneti_core.config import ConfigError, ViewNetiConfig, load_config
+from viewneti_core.mappers import MapperConfig, NeTIMapper, save_mapper
+from viewneti_core.training import TrainingSetupError, train
+
+SIZE = {"width": 64, "height": 48}
+TRAIN_SCAN = 114
+PRETRAIN_SCANS = [2, 21]
+BASELINE_LR = 1e-12  # "vanishing": weights move by ~1e-12, the RNG draws are identical
+
+
+def make_config(root: Path, model_dir: Path, runs: Path, mode: int, name: str, **sections) -> ViewNetiConfig:
+    """A CPU-sized config: 64x48 images, no augmentation, plain lr, no tracker, rare validation."""
+    raw = {
+        "learnable_mode": mode,
+        "run": {"device": "cpu"},
+        "log": {"exp_dir": str(runs), "exp_name": name, "report_to": "none", "save_steps": 1000},
+        "data": {"train_data_dir": str(root), **SIZE, "resolution": 64, "augmentation": "none",
+                 "dtu_scan": TRAIN_SCAN, "dtu_subset": 3, "dtu_pretrain_scans": PRETRAIN_SCANS, "repeats": 20},
+        "model": {"pretrained_model_name_or_path": str(model_dir)},
+        "eval": {"validation_steps": 100_000, **SIZE, "num_denoising_steps": 2, "seeds": [0]},
+        "optim": {"max_train_steps": 30, "learning_rate": 1e-2, "scale_lr": False,
+                  "gradient_accumulation_steps": 1, "seed": 0},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            raw[section] = raw.get(section, {}) | values
+        else:
+            raw[section] = values
+    return ViewNetiConfig.model_validate(raw)
+
+
+@pytest.fixture(scope="session")
+def image_folder(synthetic_dtu_root, tmp_path_factory) -> Path:
+    """A mode-0 image folder: five views of one synthetic scan as plain PNGs (plus a non-image file)."""
+    folder = tmp_path_factory.mktemp("image_folder")
+    for cam in (0, 8, 22, 25, 40):
+        shutil.copy(synthetic_dtu_root / dtu.image_relpath(TRAIN_SCAN, cam, 3), folder / f"img{cam:02d}.png")
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(synthetic_dtu_root, tiny_model_dir, tmp_path_factory) -> Path:
+    """A short mode-3 pretraining run whose view mapper modes 4 and 5 start from."""
+    runs = tmp_path_factory.mktemp("pretrain_runs")
+    config = make_config(synthetic_dtu_root, tiny_model_dir, runs, 3, "pretrain",
+                         optim={"max_train_steps": 6}, log={"save_steps": 3})
+    train(config, progress=False)
+    return runs / "pretrain"
+
+
+def _data_root(mode: int, synthetic_dtu_root: Path, image_folder: Path) -> Path:
+    return image_folder if mode == 0 else synthetic_dtu_root
+
+
+@pytest.mark.parametrize("mode", [0, 2, 3, 5])
+def test_training_lowers_the_loss(mode, synthetic_dtu_root, image_folder, tiny_model_dir, pretrained_run, tmp_path):
+    root = _data_root(mode, synthetic_dtu_root, image_folder)
+    extra = {"model": {"pretrained_view_mapper": str(pretrained_run)}} if mode == 5 else {}
+    trained = train(make_config(root, tiny_model_dir, tmp_path, mode, "trained", **extra), progress=False)
+    extra.setdefault("optim", {})["learning_rate"] = BASELINE_LR
+    baseline = train(make_config(root, tiny_model_dir, tmp_path, mode, "baseline", **extra), progress=False)
+
+    losses, reference = np.array(trained.losses), np.array(baseline.losses)
+    assert len(losses) == len(reference) == 30
+    assert losses[0] == pytest.approx(reference[0], abs=1e-6)  # same start: the pairing is exact
+    gain = losses - reference  # < 0 where the trained mappers do better on the identical draws
+    window = 8
+    first, last = gain[:window].mean(), gain[-window:].mean()
+    assert last < first, (first, last)
+    assert last < -1e-3 * reference.mean(), f"no learning signal: last-window gain {last:.2e}"
+    assert (gain[-window:] < 0).all(), gain[-window:]
+    # The raw curve of the trained run, first vs last window, relative to the same windows of the baseline.
+    assert losses[-window:].mean() - losses[:window].mean() < reference[-window:].mean() - reference[:window].mean()
+
+
+def _mapper_state(mapper: NeTIMapper) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in mapper.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", [4, 5])
+def test_pretrained_view_mapper_is_frozen_only_in_mode_5(mode, synthetic_dtu_root, tiny_model_dir, pretrained_run,
+                                                         tmp_path):
+    before = _mapper_state(load_checkpoint_mappers(list_checkpoints(pretrained_run)[-1])[VIEW_MAPPER_KEY])
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, mode, f"mode{mode}",
+                         model={"pretrained_view_mapper": str(pretrained_run)}, optim={"max_train_steps": 4})
+    result = train(config, progress=False)
+    mappers = load_checkpoint_mappers(result.final_checkpoint)
+    after = _mapper_state(mappers[VIEW_MAPPER_KEY])
+    identical = all(torch.equal(before[k], after[k]) for k in before)
+    assert identical == (mode == 5)
+    object_before = "<object>"
+    assert object_before in mappers
+
+
+@pytest.mark.parametrize("mode", [2, 3])
+def test_kill_and_resume_matches_an_uninterrupted_run(mode, synthetic_dtu_root, tiny_model_dir, tmp_path):
+    """Augmentation on, so the resumed run must also restore the RNG streams to match."""
+    sections = {"optim": {"max_train_steps": 6}, "log": {"save_steps": 2}, "data": {"augmentation": "fitting"}}
+    full = train(make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, mode, "full", **sections), progress=False)
+
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, mode, "killed", **sections)
+
+    class Killed(RuntimeError):
+        pass
+
+    def kill_at_step_3(step: int) -> None:
+        if step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(config, on_step_end=kill_at_step_3, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "killed")] == ["checkpoint-2"]
+    resumed = train(config, resume="latest", progress=False)
+
+    assert resumed.steps == 6
+    assert resumed.losses == pytest.approx(full.losses[2:], abs=0)  # steps 3..6 replayed identically
+    want, got = load_checkpoint_mappers(full.final_checkpoint), load_checkpoint_mappers(resumed.final_checkpoint)
+    assert sorted(want) == sorted(got)
+    for key in want:
+        for name, tensor in want[key].state_dict().items():
+            assert torch.equal(tensor, got[key].state_dict()[name]), (key, name)
+
+
+def test_checkpoints_need_no_pickle_and_hold_what_inference_needs(synthetic_dtu_root, tiny_model_dir, pretrained_run):
+    checkpoints = list_checkpoints(pretrained_run)
+    assert [p.name for p in checkpoints] == ["checkpoint-3", "checkpoint-6"]
+    for checkpoint in checkpoints:
+        files = [p for p in checkpoint.rglob("*") if p.is_file()]
+        assert files and {p.suffix for p in files} <= {".safetensors", ".json"}, files
+        for path in files:
+            if path.suffix == ".safetensors":
+                assert load_file(str(path))  # loads with safetensors alone, no pickle
+            else:
+                json.loads(path.read_text())
+    info = json.loads((checkpoints[-1] / "checkpoint.json").read_text())
+    assert info["step"] == 6
+    assert info["base_model"] and info["text_width"] == 32
+    assert info["camera_representation"] == "dtu-12d"
+    assert info["object_tokens"] == ["<scan2>", "<scan21>"] and info["view_token"] == "<view>"
+    assert info["weights"] == "random"  # the label follows the tiny model into every artifact
+    assert not list(pretrained_run.glob("checkpoints/.*")), "no temp directories left behind"
+
+
+def test_cli_train_with_dotted_overrides(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    config_file = tmp_path / "mode2.yaml"
+    config_file.write_text(
+        "learnable_mode: 2\n"
+        f"model: {{pretrained_model_name_or_path: '{tiny_model_dir}'}}\n"
+        f"data: {{train_data_dir: '{synthetic_dtu_root}', width: 64, height: 48}}\n"
+        "log: {report_to: none}\n"
+    )
+    code = cli_main(["train", "--config", str(config_file), "--optim.max_train_steps", "2",
+                     "--log.exp_dir", str(tmp_path / "runs"), "--log.exp_name", "cli", "--run.device", "cpu",
+                     "--eval.validation_steps", "1000"])
+    assert code == 0
+    assert [p.name for p in list_checkpoints(tmp_path / "runs" / "cli")] == ["checkpoint-2"]
+    assert load_config(tmp_path / "runs" / "cli" / "config.yaml").optim.max_train_steps == 2
+
+
+# ---- bad input: a clear error before any training step -----------------------------------------
+
+
+def _never(step: int) -> None:
+    raise AssertionError(f"a training step ran (step {step}) although the input was bad")
+
+
+def _save_view_mapper(path: Path, text_width: int, representation: str) -> Path:
+    from viewneti_core.cameras import CameraNormalization
+
+    dim = 12 if representation == "dtu-12d" else 3
+    norm = CameraNormalization(representation, tuple([-1.0] * dim), tuple([1.0] * dim))
+    mapper = NeTIMapper(MapperConfig(kind="view", output_dim=text_width, target_norm=1.0,
+                                     camera_normalization=norm.to_dict(), token="<view>"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_mapper(mapper, path)
+    return path
+
+
+def test_mode_1_is_rejected():
+    with pytest.raises((ConfigError, ValueError), match="learnable_mode 1"):
+        ViewNetiConfig.model_validate({"learnable_mode": 1})
+
+
+@pytest.mark.parametrize("mode", [4, 5])
+def test_modes_4_and_5_need_a_pretrained_view_mapper(mode, synthetic_dtu_root, tiny_model_dir, tmp_path):
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, mode, "x")
+    with pytest.raises(TrainingSetupError, match="pretrained_view_mapper"):
+        train(config, on_step_end=_never, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("width", "representation", "message"), [
+    (64, "dtu-12d", "text width"),
+    (32, "spherical", "takes spherical cameras, but data.camera_representation is dtu-12d"),
+])
+def test_incompatible_pretrained_view_mapper(width, representation, message, synthetic_dtu_root, tiny_model_dir,
+                                             tmp_path):
+    mapper = _save_view_mapper(tmp_path / "mapper" / "view_mapper", width, representation)
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 5, "x",
+                         model={"pretrained_view_mapper": str(mapper)})
+    with pytest.raises(ValueError, match=message.replace("text width", "dim embeddings")):
+        train(config, on_step_end=_never, progress=False)
+    assert not list_checkpoints(tmp_path / "x")
+
+
+def test_existing_run_dir_needs_overwrite_ok(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "metrics.jsonl").write_text("{}\n")
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "taken")
+    with pytest.raises(TrainingSetupError, match="overwrite_ok"):
+        train(config, on_step_end=_never, progress=False)
+    assert (tmp_path / "taken" / "metrics.jsonl").read_text() == "{}\n"  # nothing lost
+
+
+def test_image_folder_without_images(tiny_model_dir, tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "readme.md").write_text("no images here\n")
+    config = make_config(folder, tiny_model_dir, tmp_path, 0, "x")
+    with pytest.raises(ValueError, match="no usable images"):
+        train(config, on_step_end=_never, progress=False)
+
+
+def test_dtu_tree_without_the_scan(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "x", data={"dtu_scan": 8})
+    with pytest.raises(FileNotFoundError, match="viewneti data prepare"):
+        train(config, on_step_end=_never, progress=False)
