@@ -6,4 +6,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["fixtures.models", "fixtures.data"]
+pytest_plugins = ["fixtures.models", "fixtures.data", "fixtures.runs"]

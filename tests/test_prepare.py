@@ -309,6 +309,9 @@ def test_synthetic_archives_prepare_to_the_synthetic_tree(request, tmp_path):
     with RangeServer() as srv:
         urls = [srv.add(f"/{i}/{p.name}", p) for i, p in enumerate(paths)]
         out = prepare_dtu(urls, scans, tmp_path / "dtu", progress=False, timeout_s=5).out_dir
+        # The same inputs again: nothing to do, also with a scan that has no masks (scan 2).
+        again = prepare_dtu(urls, scans, tmp_path / "dtu", progress=False, timeout_s=5)
+        assert again.skipped
     expected = {dtu.image_relpath(s, c, 3) for s in scans for c in range(dtu.NUM_VIEWS)}
     expected |= {dtu.camera_relpath(c) for c in range(dtu.NUM_CAMERAS)}
     expected |= {dtu.mask_relpath(s, c) for s in scans for c in range(dtu.NUM_VIEWS)

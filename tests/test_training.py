@@ -10,67 +10,21 @@ two loss curves is what the optimiser achieved.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fixtures.runs import BASELINE_LR
+from fixtures.runs import make_train_config as make_config
 from safetensors.torch import load_file
 
-from viewneti_core import dtu
 from viewneti_core.checkpoints import list_checkpoints, load_checkpoint_mappers
 from viewneti_core.cli import main as cli_main
 from viewneti_core.conditioning import VIEW_MAPPER_KEY
 from viewneti_core.config import ConfigError, ViewNetiConfig, load_config
 from viewneti_core.mappers import MapperConfig, NeTIMapper, save_mapper
 from viewneti_core.training import TrainingSetupError, train
-
-SIZE = {"width": 64, "height": 48}
-TRAIN_SCAN = 114
-PRETRAIN_SCANS = [2, 21]
-BASELINE_LR = 1e-12  # "vanishing": weights move by ~1e-12, the RNG draws are identical
-
-
-def make_config(root: Path, model_dir: Path, runs: Path, mode: int, name: str, **sections) -> ViewNetiConfig:
-    """A CPU-sized config: 64x48 images, no augmentation, plain lr, no tracker, rare validation."""
-    raw = {
-        "learnable_mode": mode,
-        "run": {"device": "cpu"},
-        "log": {"exp_dir": str(runs), "exp_name": name, "report_to": "none", "save_steps": 1000},
-        "data": {"train_data_dir": str(root), **SIZE, "resolution": 64, "augmentation": "none",
-                 "dtu_scan": TRAIN_SCAN, "dtu_subset": 3, "dtu_pretrain_scans": PRETRAIN_SCANS, "repeats": 20},
-        "model": {"pretrained_model_name_or_path": str(model_dir)},
-        "eval": {"validation_steps": 100_000, **SIZE, "num_denoising_steps": 2, "seeds": [0]},
-        "optim": {"max_train_steps": 30, "learning_rate": 1e-2, "scale_lr": False,
-                  "gradient_accumulation_steps": 1, "seed": 0},
-    }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            raw[section] = raw.get(section, {}) | values
-        else:
-            raw[section] = values
-    return ViewNetiConfig.model_validate(raw)
-
-
-@pytest.fixture(scope="session")
-def image_folder(synthetic_dtu_root, tmp_path_factory) -> Path:
-    """A mode-0 image folder: five views of one synthetic scan as plain PNGs (plus a non-image file)."""
-    folder = tmp_path_factory.mktemp("image_folder")
-    for cam in (0, 8, 22, 25, 40):
-        shutil.copy(synthetic_dtu_root / dtu.image_relpath(TRAIN_SCAN, cam, 3), folder / f"img{cam:02d}.png")
-    (folder / "notes.txt").write_text("not an image\n")
-    return folder
-
-
-@pytest.fixture(scope="session")
-def pretrained_run(synthetic_dtu_root, tiny_model_dir, tmp_path_factory) -> Path:
-    """A short mode-3 pretraining run whose view mapper modes 4 and 5 start from."""
-    runs = tmp_path_factory.mktemp("pretrain_runs")
-    config = make_config(synthetic_dtu_root, tiny_model_dir, runs, 3, "pretrain",
-                         optim={"max_train_steps": 6}, log={"save_steps": 3})
-    train(config, progress=False)
-    return runs / "pretrain"
 
 
 def _data_root(mode: int, synthetic_dtu_root: Path, image_folder: Path) -> Path:
@@ -176,10 +130,12 @@ def test_cli_train_with_dotted_overrides(synthetic_dtu_root, tiny_model_dir, tmp
     )
     code = cli_main(["train", "--config", str(config_file), "--optim.max_train_steps", "2",
                      "--log.exp_dir", str(tmp_path / "runs"), "--log.exp_name", "cli", "--run.device", "cpu",
-                     "--eval.validation_steps", "1000"])
+                     "--eval.validation_steps", "1000", "--eval.width", "64", "--eval.height", "48",
+                     "--eval.num_denoising_steps", "2"])
     assert code == 0
     assert [p.name for p in list_checkpoints(tmp_path / "runs" / "cli")] == ["checkpoint-2"]
     assert load_config(tmp_path / "runs" / "cli" / "config.yaml").optim.max_train_steps == 2
+    assert (tmp_path / "runs" / "cli" / "validation" / "step-000002.png").is_file()  # the final validation grid
 
 
 # ---- bad input: a clear error before any training step -----------------------------------------

@@ -68,7 +68,7 @@ def _cmd_infer(args: argparse.Namespace, overrides: list[str]) -> int:
     path = tuple(args.camera_path) if args.camera_path else None
     result = run_inference(
         args.run_dir, step=args.step, seeds=args.seeds, views=args.views, object_token=args.token,
-        out_dir=args.out, camera_path=path,
+        out_dir=args.out, camera_path=path, base_model=args.model,
     )
     label = " (RANDOM WEIGHTS: not benchmark quality)" if result.weights == "random" else ""
     print(f"rendered step {result.step}{label} -> {result.out_dir}")
@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--views", type=_int_list, default=None, help="DTU camera indices (default: the 34 eval views)")
     infer.add_argument("--token", default=None, help="object token to render (mode 3: e.g. '<scan8>')")
     infer.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/inference/step-N")
+    infer.add_argument("--model", default=None,
+                       help="base model to check against: refuse a run that was trained on another one")
     infer.add_argument("--camera-path", type=int, nargs=3, metavar=("FROM", "TO", "FRAMES"),
                        help="also render a GIF along a path between two DTU cameras")
     infer.set_defaults(handler=_cmd_infer, takes_overrides=False)

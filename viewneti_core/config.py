@@ -126,6 +126,7 @@ class EvalConfig(_Section):
     height: PositiveInt = 576
     eval_batch_size: PositiveInt = 8  # images (views x seeds) per UNet call; each image costs 2 rows (CFG)
     validation_steps: PositiveInt = 250
+    final_validation: bool = True  # also render the validation grid after the last step
     validation_views: list[int] = Field(default_factory=lambda: [25, 22, 28, 40])
     validation_prompts: list[str] = Field(default_factory=lambda: ["A photo of a {}"])
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
 from viewneti_core import dtu
+from viewneti_core.acceleration import AccelerationOptions, apply_acceleration
 from viewneti_core.cameras import interpolate_cameras
 from viewneti_core.checkpoints import load_checkpoint_mappers, read_checkpoint_info, resolve_checkpoint
 from viewneti_core.conditioning import VIEW_MAPPER_KEY
@@ -74,6 +75,7 @@ def load_run(
     mappers = load_checkpoint_mappers(checkpoint, device=components.device)
     view_mapper = mappers.pop(VIEW_MAPPER_KEY, None)
     model = build_model(config, components, view_mapper=view_mapper, object_mappers=mappers)
+    apply_acceleration(components, AccelerationOptions.from_config(config))
     return LoadedRun(model, config, checkpoint, info, int(info["step"]))
 
 
@@ -85,6 +87,15 @@ def sampler_settings(config: ViewNetiConfig) -> SamplerSettings:
         width=config.eval.width,
         batch_size=config.eval.eval_batch_size,
     )
+
+
+def mapper_camera_inputs(cameras: dict[int, np.ndarray], representation: str) -> dict[int, torch.Tensor]:
+    """3x4 projection matrices -> the raw camera vectors the view mapper was trained on."""
+    from viewneti_core.datasets import camera_vectors
+
+    keys = list(cameras)
+    vectors = camera_vectors(np.stack([np.asarray(cameras[k], dtype=np.float64) for k in keys]), representation)
+    return dict(zip(keys, vectors, strict=True))
 
 
 def view_prompt(config: ViewNetiConfig, object_token: str) -> str:
@@ -100,8 +111,9 @@ def render_cameras(
     if object_token not in run.model.conditioner.object_mappers:
         raise ValueError(f"{object_token!r} is not a token of this run; it has {sorted(run.model.conditioner.object_mappers)}")
     prompt = view_prompt(run.config, object_token)
+    vectors = mapper_camera_inputs(cameras, run.config.data.camera_representation)
     keys = [(seed, cam) for seed in seeds for cam in cameras]
-    requests = [SampleRequest.with_camera(prompt, seed, cameras[cam]) for seed, cam in keys]
+    requests = [SampleRequest.with_camera(prompt, seed, vectors[cam]) for seed, cam in keys]
     sampler = ViewNetiSampler(run.model.components, run.model.conditioner, sampler_settings(run.config))
     images = sampler.sample(requests, progress=progress)
     return dict(zip(keys, images, strict=True))
@@ -236,9 +248,10 @@ def run_inference(
     camera_path: tuple[int, int, int] | None = None,
     overrides: dict | None = None,
     progress: bool = True,
+    base_model: str | None = None,
 ) -> InferenceResult:
     """Render the DTU evaluation views (or `views`) of a run for every seed and write all outputs."""
-    run = load_run(run_dir, step)
+    run = load_run(run_dir, step, base_model=base_model)
     if overrides:
         run.config = run.config.model_copy(update={"eval": run.config.eval.model_copy(update=overrides)})
     config = run.config
@@ -334,7 +347,9 @@ def run_generate(
         view_mapper, text_width=components.text_width, camera_representation=config.data.camera_representation
     )
     model = build_model(config, components, view_mapper=mapper)
-    requests = [SampleRequest.with_camera(prompt, seed, cam) for seed in seeds for cam in cameras.values()]
+    apply_acceleration(components, AccelerationOptions.from_config(config))
+    vectors = mapper_camera_inputs(cameras, config.data.camera_representation)
+    requests = [SampleRequest.with_camera(prompt, seed, vectors[cam]) for seed in seeds for cam in cameras]
     images = ViewNetiSampler(components, model.conditioner, sampler_settings(config)).sample(requests, progress)
     label = "_random-weights" if components.weights == "random" else ""
     paths = []

@@ -496,7 +496,7 @@ def _tree_problem(out_dir: Path, scans: list[int], light: int) -> str | None:
         path = out_dir / rel
         if not path.is_file() or path.stat().st_size != size:
             return f"{rel} is missing or changed"
-        if mask is not None and not (out_dir / mask).is_file():
+        if isinstance(mask, str) and mask and not (out_dir / mask).is_file():  # NaN/None: scan has no mask
             return f"{mask} is missing"
     for cam in range(dtu.NUM_CAMERAS):
         if not (out_dir / dtu.camera_relpath(cam)).is_file():

@@ -292,7 +292,7 @@ def train(
                     run_dir, state.step, dict(conditioner.mappers.items()), checkpoint_info(config, model),
                     optimizer, lr_scheduler, state, config.log.checkpoints_total_limit,
                 )
-            if accelerator.is_main_process and (state.step % config.eval.validation_steps == 0 or done):
+            if accelerator.is_main_process and (state.step % config.eval.validation_steps == 0 or (done and config.eval.final_validation)):
                 render_validation(config, model, data, run_dir, state.step, accelerator)
             if on_step_end is not None:
                 on_step_end(state.step)
