@@ -76,14 +76,14 @@ def test_spherical_cameras_supported():
 
 def test_bad_cameras_are_rejected(camera_normalization):
     mapper = build_mapper("view", 16, 1.0, token="<view>", super_category_token="view", camera_normalization=camera_normalization)
-    t, l = torch.tensor([1, 2]), torch.tensor([0, 1])
+    t, layer = torch.tensor([1, 2]), torch.tensor([0, 1])
     with pytest.raises(ValueError, match=r"shape \(N, 12\)"):
-        mapper(t, l, torch.zeros(2, 9))
+        mapper(t, layer, torch.zeros(2, 9))
     bad = torch.zeros(2, 12)
     bad[1, 3] = float("nan")
     with pytest.raises(ValueError, match=r"non-finite values \(rows \[1\]\)"):
-        mapper(t, l, bad)
+        mapper(t, layer, bad)
     with pytest.raises(ValueError, match="needs a camera"):
-        mapper(t, l, None)
+        mapper(t, layer, None)
     with pytest.raises(ValueError, match="camera normalisation"):
         build_mapper("view", 16, 1.0, token="<view>", super_category_token="view")
