@@ -206,3 +206,36 @@ def test_dtu_tree_without_the_scan(synthetic_dtu_root, tiny_model_dir, tmp_path)
     config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "x", data={"dtu_scan": 8})
     with pytest.raises(FileNotFoundError, match="viewneti data prepare"):
         train(config, on_step_end=_never, progress=False)
+
+
+def test_cached_vae_posteriors_train_like_re_encoding(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    """Un-augmented data: sampling from the cached (mean, std) draws the same latents as re-encoding."""
+    sections = {"optim": {"max_train_steps": 5}}
+    plain = train(make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "plain", **sections), progress=False)
+    sections["optim"] |= {"cache_vae_posteriors": True}
+    cached = train(make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "cached", **sections), progress=False)
+    np.testing.assert_allclose(cached.losses, plain.losses, rtol=1e-4)
+    with pytest.raises(TrainingSetupError, match="augmentation none"):
+        train(make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "aug", data={"augmentation": "fitting"},
+                          **sections), on_step_end=_never, progress=False)
+
+
+def test_bf16_mixed_precision_trains_fp32_mappers(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "bf16",
+                         optim={"max_train_steps": 2, "mixed_precision": "bf16"})
+    result = train(config, progress=False)
+    assert len(result.losses) == 2 and np.isfinite(result.losses).all()
+    mappers = load_checkpoint_mappers(result.final_checkpoint)
+    assert all(p.dtype == torch.float32 for m in mappers.values() for p in m.parameters())
+
+
+def test_wandb_requested_but_missing(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("wandb is installed here; the error path needs it absent")
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "wb", log={"report_to": "wandb"})
+    with pytest.raises(TrainingSetupError, match=r"pip install 'viewneti\[wandb\]'"):
+        train(config, on_step_end=_never, progress=False)

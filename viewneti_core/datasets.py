@@ -113,6 +113,7 @@ class ViewImagesDataset(torch.utils.data.Dataset):
             "caption": view_caption(self.view_token, self.tokens[i]),
             "object_token": self.tokens[i],
             "camera": self.cameras[i],
+            "source_index": i,
         }
 
 
@@ -228,7 +229,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.paths) * self.repeats
 
     def __getitem__(self, index: int) -> dict:
-        image = self.images[index % len(self.paths)].float() / 255.0
+        i = index % len(self.paths)
+        image = self.images[i].float() / 255.0
         if torch.rand(()) < 0.5:
             image = TF.horizontal_flip(image)
         template = IMAGENET_SMALL_TEMPLATES[int(torch.randint(len(IMAGENET_SMALL_TEMPLATES), ()))]
@@ -236,6 +238,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             "pixel_values": to_model_range(image),
             "caption": template.format(self.placeholder_token),
             "object_token": self.placeholder_token,
+            "source_index": i,
         }
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from diffusers.optimization import get_scheduler
 from torch import nn
@@ -74,13 +75,21 @@ def diffusion_loss(
     pixels: torch.Tensor,
     input_ids: torch.Tensor,
     cameras: torch.Tensor | None,
+    posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The training loss of DESIGN 3.6 for one micro-batch of images in [-1, 1] (fp32 MSE).
 
-    Kept separate from the loop so benchmarks time exactly what training runs.
+    `posterior` = cached (mean, std) of the VAE latents of `pixels`; sampling from it is the same
+    computation as re-encoding un-augmented images. Kept separate from the loop so benchmarks time
+    exactly what training runs.
     """
     scheduler, unet, vae = components.scheduler, components.unet, components.vae
-    latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+    if posterior is None:
+        latents = vae.encode(pixels).latent_dist.sample()
+    else:
+        mean, std = posterior
+        latents = mean + std * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+    latents = latents * vae.config.scaling_factor
     noise = torch.randn_like(latents)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -96,6 +105,21 @@ def diffusion_loss(
     else:
         target = noise
     return F.mse_loss(prediction.float(), target.float())
+
+
+@torch.no_grad()
+def cache_vae_posteriors(vae, dataset, dtype: torch.dtype, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the VAE posterior of every source image, encoded once (un-augmented data only)."""
+    from viewneti_core.datasets import to_model_range
+
+    means, stds = [], []
+    for start in range(0, len(dataset.images), batch_size):
+        pixels = torch.stack([to_model_range(img) for img in dataset.images[start : start + batch_size]])
+        dist = vae.encode(pixels.to(vae.device, dtype=dtype)).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    logger.info("cached VAE posteriors of %d images", sum(len(m) for m in means))
+    return torch.cat(means), torch.cat(stds)
 
 
 def run_dir_of(config: ViewNetiConfig) -> Path:
@@ -125,6 +149,11 @@ def check_training_inputs(config: ViewNetiConfig, resume: str | None) -> None:
         )
     if resume is not None and not existing:
         raise TrainingSetupError(f"cannot resume: run directory {run_dir} does not exist")
+    if config.optim.cache_vae_posteriors and (mode == 0 or config.data.augmentation != "none"):
+        raise TrainingSetupError(
+            "optim.cache_vae_posteriors encodes every image once, so it needs un-augmented data: set "
+            "data.augmentation none (mode 0 always flips images, so it cannot cache)"
+        )
     if config.log.report_to == "wandb":
         try:
             import wandb  # noqa: F401
@@ -187,6 +216,9 @@ def train(
     data = build_training_data(config)  # fails on unusable data before anything is written
 
     optim = config.optim
+    # accelerate keeps a process-wide state; a second run in the same process (tests, pipeline workers)
+    # may ask for another precision. The distributed part (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         gradient_accumulation_steps=optim.gradient_accumulation_steps,
         mixed_precision=optim.mixed_precision,
@@ -243,6 +275,7 @@ def train(
         "training mode %d: %d trainable mapper parameters, %d images, lr %.2e, %d steps",
         config.learnable_mode, sum(p.numel() for p in trainable), len(data.dataset), lr, optim.max_train_steps,
     )
+    posteriors = cache_vae_posteriors(components.vae, data.dataset, weight_dtype) if optim.cache_vae_posteriors else None
     losses: list[float] = []
     accumulated: list[float] = []
     bar = tqdm(total=optim.max_train_steps, initial=state.step, desc=f"mode {config.learnable_mode}",
@@ -263,7 +296,11 @@ def train(
                 pixels = batch["pixel_values"].to(accelerator.device, dtype=weight_dtype)
                 cameras = batch.get("camera")
                 ids = conditioner.tokenize(batch["caption"], cameras is not None)
-                loss = diffusion_loss(components, mapper_module, pixels, ids, cameras)
+                posterior = None
+                if posteriors is not None:
+                    index = batch["source_index"].to(accelerator.device)
+                    posterior = (posteriors[0][index], posteriors[1][index])
+                loss = diffusion_loss(components, mapper_module, pixels, ids, cameras, posterior)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and optim.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(trainable, optim.max_grad_norm)

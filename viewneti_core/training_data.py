@@ -34,6 +34,7 @@ def collate(items: list[dict]) -> dict:
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
         "caption": [item["caption"] for item in items],
         "object_token": [item["object_token"] for item in items],
+        "source_index": torch.tensor([item["source_index"] for item in items]),
     }
     cameras = [item.get("camera") for item in items]
     if any(c is not None for c in cameras):
