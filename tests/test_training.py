@@ -10,6 +10,7 @@ two loss curves is what the optimiser achieved.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,30 @@ def test_wandb_requested_but_missing(synthetic_dtu_root, tiny_model_dir, tmp_pat
     config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "wb", log={"report_to": "wandb"})
     with pytest.raises(TrainingSetupError, match=r"pip install 'viewneti\[wandb\]'"):
         train(config, on_step_end=_never, progress=False)
+
+
+def test_data_parallel_pretraining_with_two_processes(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    """The multi-GPU path (DDP through accelerate) run on CPU with gloo: 2 ranks, lr scaled by 2."""
+    import subprocess
+    import sys
+
+    config_file = tmp_path / "ddp.yaml"
+    config_file.write_text(
+        "learnable_mode: 3\nrun: {device: cpu}\n"
+        f"log: {{exp_name: ddp, exp_dir: '{tmp_path}', save_steps: 2, report_to: none}}\n"
+        f"data: {{train_data_dir: '{synthetic_dtu_root}', dtu_subset: 3, dtu_pretrain_scans: [2, 21], width: 64, "
+        "height: 48, augmentation: none, repeats: 4}\n"
+        f"model: {{pretrained_model_name_or_path: '{tiny_model_dir}'}}\n"
+        "eval: {final_validation: false}\n"
+        "optim: {max_train_steps: 2, gradient_accumulation_steps: 1, seed: 0}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "viewneti_core.cli",
+         "train", "--config", str(config_file)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("lr 6.00e-03") == 2  # both ranks ran, lr = 1e-3 x batch 3 x 2 processes
+    assert [p.name for p in list_checkpoints(tmp_path / "ddp")] == ["checkpoint-2"]
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # only rank 0 writes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,7 +143,9 @@ def check_training_inputs(config: ViewNetiConfig, resume: str | None) -> None:
         raise TrainingSetupError(f"data.train_data_dir {config.data.train_data_dir} is not a directory")
     run_dir = run_dir_of(config)
     existing = run_dir.exists() and any(run_dir.iterdir())
-    if existing and resume is None and not config.log.overwrite_ok:
+    # Under torchrun / accelerate launch only rank 0 judges the run dir: the others may already see it created.
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    if existing and resume is None and not config.log.overwrite_ok and first_rank:
         raise TrainingSetupError(
             f"run directory {run_dir} already exists: pass --resume latest to continue it, set "
             "log.overwrite_ok true to start over, or choose another log.exp_name"
