@@ -88,13 +88,7 @@ def run_demo(
     prompt = DEMO_PROMPT.replace("<view>", config.data.placeholder_view_token).replace(
         "<object>", config.data.placeholder_object_token
     )
-    settings = SamplerSettings(
-        num_inference_steps=config.eval.num_denoising_steps,
-        guidance_scale=config.eval.guidance_scale,
-        height=config.eval.height,
-        width=config.eval.width,
-        batch_size=config.eval.eval_batch_size,
-    )
+    settings = SamplerSettings.from_config(config)
     sampler = ViewNetiSampler(components, model.conditioner, settings)
     seeds = config.eval.seeds
     requests = [SampleRequest.with_camera(prompt, seed, cameras[cam]) for seed in seeds for cam in views]

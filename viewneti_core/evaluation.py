@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from viewneti_core import dtu
+from viewneti_core.atomic_files import temp_file_beside
 from viewneti_core.inference import PREDICTIONS_FILE, PREDICTIONS_INDEX, read_predictions
 from viewneti_core.metrics import (
     EVAL_SIZE,
@@ -216,7 +216,7 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     """Write next to the target and rename, so a reader never sees half a table."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".parquet.tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path, suffix=".parquet.tmp")
     os.close(fd)
     try:
         pq.write_table(table, tmp)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from viewneti_core.atomic_files import temp_file_beside
 
 
 def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
@@ -24,7 +25,7 @@ def save_image_atomic(image: Image.Image, path: Path | str) -> Path:
     """Write next to the target and rename, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = temp_file_beside(path, suffix=path.suffix)
     os.close(fd)
     try:
         image.save(tmp)

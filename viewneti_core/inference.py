@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from viewneti_core import dtu
 from viewneti_core.acceleration import AccelerationOptions, apply_acceleration
+from viewneti_core.atomic_files import temp_dir_beside
 from viewneti_core.cameras import interpolate_cameras
 from viewneti_core.checkpoints import load_checkpoint_mappers, read_checkpoint_info, resolve_checkpoint
 from viewneti_core.conditioning import VIEW_MAPPER_KEY
@@ -79,16 +79,6 @@ def load_run(
     return LoadedRun(model, config, checkpoint, info, int(info["step"]))
 
 
-def sampler_settings(config: ViewNetiConfig) -> SamplerSettings:
-    return SamplerSettings(
-        num_inference_steps=config.eval.num_denoising_steps,
-        guidance_scale=config.eval.guidance_scale,
-        height=config.eval.height,
-        width=config.eval.width,
-        batch_size=config.eval.eval_batch_size,
-    )
-
-
 def mapper_camera_inputs(cameras: dict[int, np.ndarray], representation: str) -> dict[int, torch.Tensor]:
     """3x4 projection matrices -> the raw camera vectors the view mapper was trained on."""
     from viewneti_core.datasets import camera_vectors
@@ -114,7 +104,7 @@ def render_cameras(
     vectors = mapper_camera_inputs(cameras, run.config.data.camera_representation)
     keys = [(seed, cam) for seed in seeds for cam in cameras]
     requests = [SampleRequest.with_camera(prompt, seed, vectors[cam]) for seed, cam in keys]
-    sampler = ViewNetiSampler(run.model.components, run.model.conditioner, sampler_settings(run.config))
+    sampler = ViewNetiSampler(run.model.components, run.model.conditioner, SamplerSettings.from_config(run.config))
     images = sampler.sample(requests, progress=progress)
     return dict(zip(keys, images, strict=True))
 
@@ -126,7 +116,7 @@ def write_predictions(out_dir: Path, images: dict[tuple[int, int], torch.Tensor]
     """uint8 images in one safetensors file + a JSON index; written in a temp dir, then renamed."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
         tensors = {f"seed{seed}_cam{cam:02d}": (img * 255 + 0.5).clamp(0, 255).to(torch.uint8).contiguous()
                    for (seed, cam), img in images.items()}
@@ -350,7 +340,7 @@ def run_generate(
     apply_acceleration(components, AccelerationOptions.from_config(config))
     vectors = mapper_camera_inputs(cameras, config.data.camera_representation)
     requests = [SampleRequest.with_camera(prompt, seed, vectors[cam]) for seed in seeds for cam in cameras]
-    images = ViewNetiSampler(components, model.conditioner, sampler_settings(config)).sample(requests, progress)
+    images = ViewNetiSampler(components, model.conditioner, SamplerSettings.from_config(config)).sample(requests, progress)
     label = "_random-weights" if components.weights == "random" else ""
     paths = []
     for (seed, index), image in zip([(s, i) for s in seeds for i in cameras], images, strict=True):

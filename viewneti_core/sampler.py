@@ -44,6 +44,12 @@ class SamplerSettings:
     width: int = 768
     batch_size: int = 8  # requests per UNet call (each request is two rows: uncond and cond)
 
+    @classmethod
+    def from_config(cls, config) -> SamplerSettings:
+        """The `eval` section of a ViewNetiConfig."""
+        e = config.eval
+        return cls(e.num_denoising_steps, e.guidance_scale, e.height, e.width, e.eval_batch_size)
+
 
 def make_dpm_solver(components: SDComponents, num_inference_steps: int) -> DPMSolverMultistepScheduler:
     scheduler = DPMSolverMultistepScheduler.from_config(components.scheduler.config)

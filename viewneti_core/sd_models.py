@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from viewneti_core.atomic_files import temp_dir_beside
 from viewneti_core.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def save_components(components: SDComponents, out_dir: Path | str, builder: str 
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or delete it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
         pipeline = StableDiffusionPipeline(
             vae=components.vae,

@@ -9,7 +9,6 @@ instead of being skipped, so a mean never silently covers fewer images than it c
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from viewneti_core.atomic_files import temp_file_beside
 from viewneti_core.evaluation import ROW_SCHEMA, write_parquet_atomic
 
 METRICS = ("psnr", "ssim", "lpips")
@@ -41,7 +41,7 @@ class SummaryResult:
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path, suffix=path.suffix + ".tmp")
     os.close(fd)
     try:
         write(Path(tmp))

@@ -14,7 +14,6 @@ import argparse
 import math
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from viewneti_core import dtu
+from viewneti_core.atomic_files import temp_dir_beside, temp_file_beside
 from viewneti_core.cameras import (
     intrinsics_for_size,
     look_at_extrinsics,
@@ -371,9 +371,8 @@ def make_synthetic_dtu(
         raise FileExistsError(f"{out_dir} is not empty; choose another --out or pass --overwrite to replace it")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: others (cluster workers) could not read
         cameras = synthetic_cameras(size)
         for cam, matrix in enumerate(cameras):
             path = tmp / dtu.camera_relpath(cam)
@@ -427,13 +426,6 @@ def _publish(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _umask() -> int:
-    """The process umask (reading it means setting it; restored at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 # ---- archives shaped like the official releases -------------------------------------------------
 
 
@@ -482,7 +474,7 @@ def _write_zip(path: Path, members: dict[str, Path | bytes]) -> Path:
     """Deterministic zip (sorted members, parent folder entries, fixed timestamps), written atomically."""
     names = sorted(members)
     folders = sorted({"/".join(name.split("/")[:i]) + "/" for name in names for i in range(1, name.count("/") + 1)})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp, "w") as zf:
@@ -500,7 +492,6 @@ def _write_zip(path: Path, members: dict[str, Path | bytes]) -> Path:
                 # PNGs are already compressed: store them, as the real releases effectively do.
                 info.compress_type = zipfile.ZIP_STORED if name.endswith(".png") else zipfile.ZIP_DEFLATED
                 zf.writestr(info, data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

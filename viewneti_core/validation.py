@@ -36,13 +36,7 @@ def render_validation(config: ViewNetiConfig, model: ViewNetiModel, data, run_di
         requests = [SampleRequest.with_camera(prompt, seed, camera) for _, camera, _ in views]
         rows.append([gt for _, _, gt in views])
         labels.append("ground truth")
-    settings = SamplerSettings(
-        num_inference_steps=config.eval.num_denoising_steps,
-        guidance_scale=config.eval.guidance_scale,
-        height=config.eval.height,
-        width=config.eval.width,
-        batch_size=config.eval.eval_batch_size,
-    )
+    settings = SamplerSettings.from_config(config)
     devices = [model.components.device] if model.components.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         images = ViewNetiSampler(model.components, conditioner, settings).sample(requests, progress=False)
