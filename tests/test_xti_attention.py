@@ -3,7 +3,11 @@
 import torch
 
 from viewneti_core.sd_models import load_components
-from viewneti_core.xti_attention import XTICrossAttnProcessor, cross_attention_layer_names, install_xti_processors
+from viewneti_core.xti_attention import (
+    XTICrossAttnProcessor,
+    cross_attention_layer_names,
+    install_xti_processors,
+)
 
 
 def _inputs(unet, batch=2, seed=0):

@@ -1,0 +1,108 @@
+"""The Dask side: which cluster GPU tasks run on, and how they are marked as needing a GPU.
+
+- `VIEWNETI_DASK_ADDRESS=tcp://scheduler:8786`: use a running Dask cluster (docker/compose.yaml starts
+  one worker per GPU, each with `--resources GPU=1`).
+- otherwise a local cluster is started per flow run: one worker process per visible CUDA device
+  (each pinned to its device through CUDA_VISIBLE_DEVICES), or, without CUDA,
+  `VIEWNETI_DASK_WORKERS` (default 2) CPU workers that each declare one "GPU" slot so the
+  scheduling is the same as on a GPU machine.
+
+Every GPU task is submitted inside `gpu_annotations()`, i.e. `dask.annotate(resources={"GPU": 1})`;
+a worker declaring `GPU: 1` therefore runs at most one of them at a time, while its other threads
+stay free for light tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+ADDRESS_ENV = "VIEWNETI_DASK_ADDRESS"
+WORKERS_ENV = "VIEWNETI_DASK_WORKERS"
+THREADS_ENV = "VIEWNETI_DASK_THREADS"
+GPU_RESOURCE = "GPU"
+CORE_LOGGERS = "viewneti_core"
+
+
+def _cuda_devices() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d for d in (v.strip() for v in visible.split(",")) if d and d != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no torch / no driver: CPU slots
+        return []
+
+
+def local_gpu_cluster(
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    devices: list[str] | None = None,
+    processes: bool = True,
+    **kwargs: Any,
+):
+    """A SpecCluster on 127.0.0.1 with one worker per GPU (or per CPU "GPU slot"), each `GPU: 1`."""
+    from distributed import Nanny, Scheduler, SpecCluster, Worker
+
+    devices = _cuda_devices() if devices is None else devices
+    if n_workers is None:
+        n_workers = len(devices) or int(os.environ.get(WORKERS_ENV, "2"))
+    threads = threads_per_worker or int(os.environ.get(THREADS_ENV, "2"))
+    cpus = os.cpu_count() or 1
+    base_env = {
+        "PREFECT_LOGGING_EXTRA_LOGGERS": os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", CORE_LOGGERS),
+        "OMP_NUM_THREADS": str(max(1, cpus // n_workers)),
+        "MKL_NUM_THREADS": str(max(1, cpus // n_workers)),
+    }
+    workers = {}
+    for index in range(n_workers):
+        env = dict(base_env)
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
+        options: dict[str, Any] = {
+            "nthreads": threads, "resources": {GPU_RESOURCE: 1}, "host": "127.0.0.1",
+            "name": f"gpu-{index}", "dashboard": False,
+        }
+        if processes:
+            options["env"] = env
+        workers[f"gpu-{index}"] = {"cls": Nanny if processes else Worker, "options": options}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
+    return SpecCluster(workers=workers, scheduler=scheduler, name="viewneti-local", **kwargs)
+
+
+def gpu_task_runner(address: str | None = None, **cluster_kwargs: Any):
+    """The DaskTaskRunner of the GPU flows (decided when the flow module is imported, from the env)."""
+    from prefect_dask import DaskTaskRunner
+
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_class=local_gpu_cluster, cluster_kwargs=cluster_kwargs)
+
+
+@contextlib.contextmanager
+def gpu_annotations(gpus: int = 1, priority: int = 0) -> Iterator[None]:
+    """Submit Prefect tasks inside this block to have Dask run them only on a worker with a free GPU.
+
+    `priority`: among ready tasks Dask runs higher ones first; later stages of an item get a higher
+    priority so finished items (and their persisted results) land early instead of all at the end.
+    """
+    import dask
+
+    with dask.annotate(resources={GPU_RESOURCE: gpus}, priority=priority):
+        yield
+
+
+def cluster_description(task_runner) -> str:
+    """One line for the logs: where the GPU tasks run."""
+    try:
+        client = task_runner.client
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except Exception as exc:  # noqa: BLE001 - informational only
+        return f"(cluster not reachable: {exc})"
+    parts = [f"{w.get('name', addr)}@{addr} {w.get('resources', {})}" for addr, w in workers.items()]
+    return f"{len(workers)} Dask worker(s): " + ", ".join(parts)

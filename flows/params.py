@@ -1,0 +1,283 @@
+"""Flow parameters: the benchmark configuration as pydantic models around `ViewNetiConfig`.
+
+The Prefect UI renders these as a validated form; unknown keys, negative steps or an n_views outside
+{1, 3, 6, 9} are rejected before any work starts. The per-run ViewNeTI configurations (mode-3
+pretraining, mode-5 fitting of one (scan, n_views) item) are derived here from one `BenchmarkConfig`
+by pure functions, so the benchmark, the per-scan and the pretrain flows cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tasks.common import item_name, parse_item_name  # noqa: F401 - re-exported for flows
+from viewneti_core import dtu
+from viewneti_core.config import ConfigError, ViewNetiConfig, deep_merge, parse_overrides, read_yaml
+
+NViews = Literal[1, 3, 6, 9]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _default_pretrain() -> ViewNetiConfig:
+    return ViewNetiConfig.model_validate({
+        "learnable_mode": 3,
+        "log": {"save_steps": 1500, "checkpoints_total_limit": 5},
+        "data": {"dtu_subset": 0, "augmentation": "pretraining"},
+        "optim": {"max_train_steps": 60000, "mixed_precision": "bf16"},
+        "eval": {"validation_steps": 1500},
+    })
+
+
+def _default_fit() -> ViewNetiConfig:
+    return ViewNetiConfig.model_validate({
+        "learnable_mode": 5,
+        "log": {"save_steps": 500, "checkpoints_total_limit": 2},
+        "data": {"augmentation": "fitting"},
+        "optim": {"max_train_steps": 3000, "mixed_precision": "bf16"},
+    })
+
+
+class DataSettings(_Strict):
+    """Where the DTU archives come from and where the prepared tree goes."""
+
+    sources: list[str] = Field(
+        default_factory=lambda: [dtu.RECTIFIED_URL, dtu.SAMPLESET_URL],
+        description="DTU archives: http(s) URLs, zip files or extracted trees. The masks (RegNeRF/IDR "
+                    "release) have no official URL: add their zip here for the masked metrics.",
+    )
+    sha256: dict[str, str] = Field(default_factory=dict, description="source (or its file name) -> sha256")
+    root: Path | None = Field(default=None, description="prepared DTU tree; default RUN_DIR/data/dtu")
+    cache_dir: Path | None = Field(default=None, description="download cache; default ROOT/.downloads")
+    light: int = Field(default=dtu.DEFAULT_LIGHT, ge=0, le=dtu.NUM_LIGHTS - 1)
+
+    @field_validator("sources")
+    @classmethod
+    def _some_sources(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one DTU source (URL or path) is needed")
+        return value
+
+
+class EvaluationSettings(_Strict):
+    protocols: list[Literal["viewneti", "regnerf"]] = Field(default_factory=lambda: ["viewneti", "regnerf"])
+    lpips_weights: Literal["pretrained", "random", "none"] = Field(
+        default="pretrained",
+        description="'pretrained' needs the LPIPS VGG weights; 'random' uses a random backbone and is "
+                    "labelled so in every table (machinery check only); 'none' skips LPIPS.",
+    )
+    device: str = Field(default="auto", description="device of the metric networks: auto, cpu, cuda[:N]")
+    eval_size: tuple[PositiveInt, PositiveInt] = Field(
+        default=(300, 400), description="(H, W) images are compared at; the protocol's is 300x400 - change "
+                                        "it only for quick checks (recorded in every row)")
+    batch_size: int = Field(default=8, ge=1)
+
+    @field_validator("protocols")
+    @classmethod
+    def _some_protocols(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one evaluation protocol is needed")
+        return list(dict.fromkeys(value))
+
+
+class ExecutionSettings(_Strict):
+    """Retries and caching of the pipeline's tasks."""
+
+    retries: int = Field(default=2, ge=0, le=10, description="retries of a task after a transient failure")
+    retry_delay_s: float = Field(default=30.0, ge=0)
+    refresh_cache: bool = Field(default=False, description="recompute every task even when a cached result exists")
+
+
+class BenchmarkConfig(_Strict):
+    """The whole DTU benchmark: data, pretraining, per-(scan, n_views) fitting, inference, metrics."""
+
+    name: str = Field(default="dtu-benchmark", description="used in run names and artifact keys")
+    run_dir: Path = Field(default=Path("outputs/benchmark/dtu-benchmark"),
+                          description="everything of this benchmark lives here (shared storage on a cluster)")
+    test_scans: list[int] = Field(default_factory=lambda: list(dtu.TEST_SCANS))
+    n_views: list[NViews] = Field(default_factory=lambda: [1, 3])
+    views: list[int] | None = Field(
+        default=None, description="cameras rendered per item; default: the protocol's 34 evaluation views")
+    pretrained_view_mapper: str | None = Field(
+        default=None, description="a mode-3 run/checkpoint dir or registered name; skips pretraining")
+    data: DataSettings = Field(default_factory=DataSettings)
+    pretrain: ViewNetiConfig = Field(default_factory=_default_pretrain)
+    fit: ViewNetiConfig = Field(default_factory=_default_fit)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value):
+            raise ValueError("name must be lowercase letters, digits and dashes (it is used in artifact keys)")
+        return value
+
+    @field_validator("test_scans")
+    @classmethod
+    def _scans(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("at least one test scan is needed")
+        bad = [s for s in value if s not in dtu.ALL_SCANS]
+        if bad:
+            raise ValueError(f"{bad} are not DTU scans (1..128 without 78..81)")
+        return sorted(set(value))
+
+    @field_validator("n_views")
+    @classmethod
+    def _n_views(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("at least one n_views value is needed")
+        return sorted(set(value))
+
+    @field_validator("views")
+    @classmethod
+    def _views(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("views must be omitted (all 34 evaluation views) or list at least one camera")
+        bad = [v for v in value if not 0 <= v < dtu.NUM_VIEWS]
+        if bad:
+            raise ValueError(f"camera indices {bad} are outside 0..{dtu.NUM_VIEWS - 1}")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BenchmarkConfig:
+        if self.pretrain.learnable_mode != 3:
+            raise ValueError(f"pretrain.learnable_mode must be 3 (view-mapper pretraining), got {self.pretrain.learnable_mode}")
+        if self.fit.learnable_mode != 5:
+            raise ValueError(f"fit.learnable_mode must be 5 (object mapper with a frozen view mapper), got {self.fit.learnable_mode}")
+        base_pre = self.pretrain.model.pretrained_model_name_or_path
+        base_fit = self.fit.model.pretrained_model_name_or_path
+        if self.pretrained_view_mapper is None and base_pre != base_fit:
+            raise ValueError(
+                f"pretrain.model.pretrained_model_name_or_path ({base_pre!r}) and fit.model.pretrained_model_name_or_path "
+                f"({base_fit!r}) differ: the view mapper only works with the base model it was trained with")
+        overlap = sorted(set(self.test_scans) & set(self.pretrain.data.dtu_pretrain_scans))
+        if self.pretrained_view_mapper is None and overlap:
+            raise ValueError(f"test scans {overlap} are also pretraining scans: the benchmark would be contaminated")
+        return self
+
+    # ---- derived values (paths are absolute once `resolved()` was called) ----
+
+    def resolved(self, base: Path | None = None) -> BenchmarkConfig:
+        """A copy with absolute run/data paths (relative ones are taken from `base` or the cwd)."""
+        base = Path(base or Path.cwd())
+
+        def absolute(path: Path) -> Path:
+            return path if path.is_absolute() else (base / path).absolute()
+
+        out = self.model_copy(deep=True)
+        out.run_dir = absolute(self.run_dir)
+        out.data.root = absolute(self.data.root) if self.data.root is not None else out.run_dir / "data" / "dtu"
+        if self.data.cache_dir is not None:
+            out.data.cache_dir = absolute(self.data.cache_dir)
+        out.data.sources = [s if "://" in s or Path(s).is_absolute() else str(absolute(Path(s))) for s in self.data.sources]
+        return out
+
+    @property
+    def items(self) -> list[tuple[int, int]]:
+        return [(scan, n) for scan in self.test_scans for n in self.n_views]
+
+    def needs_pretraining(self) -> bool:
+        return self.pretrained_view_mapper is None
+
+    def required_scans(self) -> list[int]:
+        scans = set(self.test_scans)
+        if self.needs_pretraining():
+            scans |= set(self.pretrain.data.dtu_pretrain_scans)
+        return sorted(scans)
+
+    @property
+    def pretrain_run_dir(self) -> Path:
+        return self.run_dir / "pretrain"
+
+    @property
+    def items_dir(self) -> Path:
+        return self.run_dir / "items"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.run_dir / "report"
+
+    @property
+    def results_dir(self) -> Path:
+        """Prefect's persisted task results and cache records (JSON)."""
+        return self.run_dir / "prefect-results"
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.run_dir / "ledger"
+
+    def item_dir(self, scan: int, n_views: int) -> Path:
+        return self.items_dir / item_name(scan, n_views)
+
+
+def pretrain_config(config: BenchmarkConfig) -> ViewNetiConfig:
+    """The mode-3 run of this benchmark (run dir RUN_DIR/pretrain)."""
+    return _with(config.pretrain, {
+        "learnable_mode": 3,
+        "data": {"train_data_dir": str(config.data.root), "dtu_lighting": config.data.light},
+        "log": {"exp_dir": str(config.run_dir), "exp_name": "pretrain"},
+    })
+
+
+def item_config(config: BenchmarkConfig, scan: int, n_views: int, view_mapper: str) -> ViewNetiConfig:
+    """The mode-5 run of one (scan, n_views) item (run dir RUN_DIR/items/scanS-Nview)."""
+    return _with(config.fit, {
+        "learnable_mode": 5,
+        "data": {"train_data_dir": str(config.data.root), "dtu_lighting": config.data.light,
+                 "dtu_scan": scan, "dtu_subset": n_views},
+        "log": {"exp_dir": str(config.items_dir), "exp_name": item_name(scan, n_views)},
+        "model": {"pretrained_view_mapper": view_mapper},
+    })
+
+
+def _with(base: ViewNetiConfig, update: dict[str, Any]) -> ViewNetiConfig:
+    return ViewNetiConfig.model_validate(deep_merge(base.model_dump(mode="json"), update))
+
+
+# ---- loading from YAML (the CLI and deployments) ---------------------------------------------------
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "<root>"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {prefix}{key}: unknown key")
+        else:
+            lines.append(f"  {prefix}{key}: {message} (got {err['input']!r})")
+    return "invalid benchmark configuration:\n" + "\n".join(lines)
+
+
+def validate_benchmark(data: dict[str, Any]) -> BenchmarkConfig:
+    try:
+        return BenchmarkConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_benchmark_config(path: Path | str | None = None,
+                          overrides: Sequence[str] | dict[str, Any] = ()) -> BenchmarkConfig:
+    """YAML file (optional) + `--section.key value` overrides -> validated BenchmarkConfig."""
+    data = read_yaml(path) if path is not None else {}
+    tree = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    return validate_benchmark(deep_merge(data, tree))

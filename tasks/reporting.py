@@ -1,0 +1,188 @@
+"""Aggregation and the UI: Parquet tables, the paper-style report, and Prefect artifacts.
+
+The numbers come from viewneti_core.summary; this module only gathers files and renders them for the
+Prefect UI (progress, table and markdown artifacts).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from prefect import task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from tasks.common import ledger_entry, parse_item_name, run_logger, write_json_atomic
+
+ALL_ROWS_FILE = "metrics_all.parquet"
+RANDOM_NOTE = ("**RANDOM WEIGHTS — NOT BENCHMARK QUALITY.** These numbers come from a randomly initialised "
+               "base model; they show that the pipeline runs end to end, not how well ViewNeTI works.")
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    key = "-".join(parts).lower()
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in key)[:100]
+
+
+@task(name="aggregate-metrics", cache_policy=NO_CACHE, persist_result=False, task_run_name="aggregate-{name}")
+def aggregate_task(metrics_paths: list[str], report_dir: str, name: str, ledger_dir: str) -> dict:
+    """All per-item tables -> REPORT/metrics_all.parquet + summary.{parquet,csv,md} + plots.
+
+    Not cached: it is cheap and must reflect whatever per-item tables exist now.
+    """
+    import pyarrow as pa
+
+    from viewneti_core.evaluation import write_parquet_atomic
+    from viewneti_core.summary import load_tables, summarize
+
+    logger = run_logger()
+    if not metrics_paths:
+        raise ValueError("no per-item metric tables to aggregate (did every item fail?)")
+    report = Path(report_dir)
+    with ledger_entry(Path(ledger_dir), "aggregate", name):
+        rows = load_tables([Path(p) for p in metrics_paths])
+        all_rows = write_parquet_atomic(pa.Table.from_pandas(rows, preserve_index=False), report / ALL_ROWS_FILE)
+        result = summarize([Path(p) for p in metrics_paths], report)
+    record = {
+        "report_dir": str(report), "metrics_all": str(all_rows), "summary_parquet": str(result.table),
+        "summary_csv": str(result.csv), "summary_md": str(result.markdown), "plots": [str(p) for p in result.plots],
+        "n_groups": result.n_groups, "random_weights": result.random_weights, "n_rows": len(rows),
+        "items": sorted({str(r) for r in rows["run"].unique()}),
+    }
+    write_json_atomic(report / "aggregate.json", record)
+    logger.info("aggregated %d rows of %d item(s) into %s", len(rows), len(record["items"]), report)
+    return record
+
+
+# ---- artifacts (called from flows; they attach to the current flow run) ------------------------------
+
+
+class ProgressArtifact:
+    """A progress bar over the fan-out: `done / total` items, updated as items finish."""
+
+    def __init__(self, key: str, total: int, description: str):
+        self.total = max(1, total)
+        self.done = 0
+        self.description = description
+        self.id: UUID | None = create_progress_artifact(progress=0.0, key=key, description=description)
+
+    def advance(self, n: int = 1) -> float:
+        self.done += n
+        progress = 100.0 * self.done / self.total
+        if self.id is not None:
+            update_progress_artifact(artifact_id=self.id, progress=progress,
+                                     description=f"{self.description}: {self.done}/{self.total} items finished")
+        return progress
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+def summary_table_artifact(key: str, summary_parquet: Path, description: str) -> None:
+    import pandas as pd
+
+    frame = pd.read_parquet(summary_parquet)
+    columns = [c for c in ("protocol", "n_views", "weights", "masked", "lpips_backbone", "psnr_mean", "ssim_mean",
+                           "lpips_mean", "psnr_std_scans", "ssim_std_scans", "lpips_std_scans", "n_scans",
+                           "n_seeds", "step", "eval_height", "eval_width") if c in frame.columns]
+    rows = [{c: _clean(v) for c, v in row.items()} for row in frame[columns].to_dict(orient="records")]
+    for row in rows:
+        for c in ("psnr_mean", "ssim_mean", "lpips_mean", "psnr_std_scans", "ssim_std_scans", "lpips_std_scans"):
+            if isinstance(row.get(c), float):
+                row[c] = round(row[c], 4)
+    create_table_artifact(table=rows, key=key, description=description)
+
+
+def _link(path: str | Path, label: str | None = None) -> str:
+    path = Path(path)
+    return f"[{label or path.name}]({path.absolute().as_uri()})"
+
+
+def report_markdown(
+    name: str,
+    run_dir: Path,
+    aggregate: dict | None,
+    items: dict[str, dict],
+    failures: dict[str, str],
+    notes: list[str],
+) -> str:
+    """The report: status, the paper-style table (from summary.md), per-item rows with grid links, files."""
+    lines = [f"# DTU benchmark `{name}`", ""]
+    random = (aggregate or {}).get("random_weights") or any(r.get("weights") == "random" for r in items.values())
+    if random:
+        lines += [RANDOM_NOTE, ""]
+    status = "all items finished" if not failures else f"**{len(failures)} item(s) FAILED**: {', '.join(sorted(failures))}"
+    lines += [f"- run directory: `{run_dir}`", f"- items: {len(items)} finished, {len(failures)} failed — {status}"]
+    lines += [f"- {n}" for n in notes]
+    lines.append("")
+    if aggregate is not None:
+        summary_md = Path(aggregate["summary_md"]).read_text()
+        body = [line for line in summary_md.splitlines()
+                if not line.startswith("# ") and not line.startswith("**RANDOM WEIGHTS")]  # ours is above
+        lines += ["## Novel view synthesis on DTU (paper-style)", "", *body, ""]
+        plots = " · ".join(_link(p) for p in aggregate["plots"])
+        lines += ["## Tables and plots", "",
+                  f"- all metric rows: {_link(aggregate['metrics_all'])}",
+                  f"- summary: {_link(aggregate['summary_parquet'])} · {_link(aggregate['summary_csv'])} · "
+                  f"{_link(aggregate['summary_md'])}",
+                  f"- plots: {plots}", ""]
+    lines += ["## Items", "", "| item | status | PSNR ↑ | SSIM ↑ | LPIPS ↓ | grids |", "|---|---|---|---|---|---|"]
+    for item in sorted(set(items) | set(failures), key=_item_sort_key):
+        if item in failures:
+            message = failures[item].replace("|", "/").replace("\n", " ")[:160]
+            lines.append(f"| {item} | **failed**: {message} | | | | |")
+            continue
+        record = items[item]
+        means = (record.get("means") or {}).get("viewneti") or next(iter((record.get("means") or {}).values()), {})
+        grids = " ".join(_link(g, Path(g).stem.replace("grid_", "")) for g in record.get("grids", []))
+
+        def fmt(key: str, digits: int, means=means) -> str:
+            value = means.get(key)
+            return "n/a" if value is None else f"{value:.{digits}f}"
+
+        lines.append(f"| {item} | ok | {fmt('psnr', 2)} | {fmt('ssim', 3)} | {fmt('lpips', 3)} | {grids} |")
+    lines += ["", "Item columns: mean over all rendered views and seeds (viewneti protocol); the paper-style "
+              "table above uses test views only."]
+    if random:
+        lines += ["", RANDOM_NOTE]
+    return "\n".join(lines) + "\n"
+
+
+def _item_sort_key(item: str) -> tuple[int, int]:
+    try:
+        return parse_item_name(item)
+    except ValueError:
+        return (1 << 30, 0)
+
+
+def publish_report(key_prefix: str, name: str, run_dir: Path, aggregate: dict | None, items: dict[str, dict],
+                   failures: dict[str, str], notes: list[str]) -> Path:
+    """Markdown + table artifacts, and the same report as REPORT/report.md."""
+    markdown = report_markdown(name, run_dir, aggregate, items, failures, notes)
+    report_dir = Path(aggregate["report_dir"]) if aggregate else run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text(markdown)
+    tmp.replace(path)
+    create_markdown_artifact(markdown=markdown, key=artifact_key(key_prefix, "report"),
+                             description=f"DTU benchmark report of {name}")
+    if aggregate is not None:
+        summary_table_artifact(artifact_key(key_prefix, "summary"), Path(aggregate["summary_parquet"]),
+                               f"summary metrics of {name} (test views, mean over scans)"
+                               + (" — RANDOM WEIGHTS, not benchmark quality" if aggregate.get("random_weights") else ""))
+    return path

@@ -1,0 +1,126 @@
+"""Training tasks: mode-3 pretraining of the view mapper and mode-5 fitting of one (scan, n_views) item.
+
+Both resume from the run's last checkpoint when one exists (a crashed or preempted attempt loses at
+most `log.save_steps` steps) and start over only when the run's saved configuration differs in a way
+that makes its checkpoints meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from prefect import task
+
+from tasks.common import fingerprint_files, ledger_entry, maybe_inject_failure, retry_transient, run_logger
+from viewneti_core.config import ViewNetiConfig
+
+# Keys that may change between an interrupted attempt and its resumption.
+RESUMABLE_CHANGES = {("optim", "max_train_steps"), ("log", "save_steps"), ("log", "checkpoints_total_limit"),
+                     ("log", "overwrite_ok"), ("log", "report_to"), ("eval",), ("run",), ("debug",)}
+
+
+def _comparable(tree: dict) -> dict:
+    tree = json.loads(json.dumps(tree, default=str))
+    for path in RESUMABLE_CHANGES:
+        node = tree
+        for key in path[:-1]:
+            node = node.get(key, {})
+        node.pop(path[-1], None)
+    return tree
+
+
+def _resume_mode(config: ViewNetiConfig, logger) -> tuple[ViewNetiConfig, str | None]:
+    """('latest', same config) to continue a compatible run, else (config with overwrite_ok, None)."""
+    from viewneti_core.checkpoints import list_checkpoints
+    from viewneti_core.training import run_dir_of
+
+    run_dir = run_dir_of(config)
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints:
+        saved = run_dir / "config.yaml"
+        previous = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+        if previous is not None and _comparable(previous) == _comparable(config.model_dump(mode="json")):
+            logger.info("resuming %s from %s", run_dir, checkpoints[-1].name)
+            return config, "latest"
+        logger.warning("%s holds checkpoints of a different configuration; starting over", run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        logger.info("%s has no checkpoint yet (an earlier attempt stopped early); starting over", run_dir)
+    return config.model_copy(update={"log": config.log.model_copy(update={"overwrite_ok": True})}), None
+
+
+def _step_hook(logger, total: int, item: str, ledger_dir: Path):
+    every = max(1, total // 10)
+
+    def on_step_end(step: int) -> None:
+        if step % every == 0 or step == total:
+            logger.info("step %d/%d", step, total)
+        maybe_inject_failure(item, "fit", ledger_dir, step=step)
+
+    return on_step_end
+
+
+def _train(config: ViewNetiConfig, logger, item: str, ledger_dir: Path, ledger: dict) -> dict:
+    from viewneti_core.checkpoints import list_checkpoints
+    from viewneti_core.training import run_dir_of, train
+
+    config, resume = _resume_mode(config, logger)
+    if resume is not None:
+        ledger["resumed_from"] = int(list_checkpoints(run_dir_of(config))[-1].name.split("-")[-1])
+    hook = _step_hook(logger, config.optim.max_train_steps, item, ledger_dir)
+    result = train(config, resume=resume, on_step_end=hook, progress=False)
+    ledger["steps"] = result.steps
+    return {"run_dir": str(result.run_dir), "checkpoint": str(result.final_checkpoint), "step": result.steps,
+            "weights": result.weights}
+
+
+def view_mapper_fingerprint(checkpoint: Path) -> str:
+    """Content hash of a checkpoint's view mapper: part of the cache key of everything fitted on it."""
+    from viewneti_core.checkpoints import read_checkpoint_info
+    from viewneti_core.conditioning import VIEW_MAPPER_KEY
+
+    stem = Path(checkpoint) / read_checkpoint_info(checkpoint)["mappers"][VIEW_MAPPER_KEY]
+    return fingerprint_files(sorted(stem.parent.glob(stem.name + ".*")))
+
+
+@task(name="pretrain-view-mapper", retry_condition_fn=retry_transient, task_run_name="pretrain-{name}")
+def pretrain_task(config: ViewNetiConfig, name: str, ledger_dir: str) -> dict:
+    """Mode 3 on `config.data.dtu_pretrain_scans`; returns the final checkpoint and its view-mapper hash."""
+    logger = run_logger()
+    if config.learnable_mode != 3:
+        raise ValueError(f"pretraining is learnable_mode 3, got {config.learnable_mode}")
+    with ledger_entry(Path(ledger_dir), "pretrain", name) as ledger:
+        record = _train(config, logger, name, Path(ledger_dir), ledger)
+    record["fingerprint"] = view_mapper_fingerprint(Path(record["checkpoint"]))
+    logger.info("view mapper ready: %s (step %d, %s weights)", record["checkpoint"], record["step"], record["weights"])
+    return record
+
+
+@task(name="resolve-view-mapper", retry_condition_fn=retry_transient)
+def resolve_view_mapper_task(spec: str) -> dict:
+    """A given pretrained view mapper (registry name, run dir or checkpoint dir) as a record."""
+    from viewneti_core.view_mapper_registry import resolve_view_mapper_path
+
+    stem = resolve_view_mapper_path(spec)
+    checkpoint = stem.parent.parent if (stem.parent.parent / "checkpoint.json").is_file() else None
+    fingerprint = fingerprint_files(sorted(stem.parent.glob(stem.name + ".*")))
+    run_logger().info("using the given view mapper %s (%s)", spec, stem)
+    return {"checkpoint": str(checkpoint) if checkpoint else str(stem), "spec": spec, "fingerprint": fingerprint,
+            "step": None, "weights": None}
+
+
+@task(name="fit-scan", retry_condition_fn=retry_transient, task_run_name="fit-{item}")
+def fit_task(config: ViewNetiConfig, item: str, view_mapper_fingerprint: str, ledger_dir: str) -> dict:
+    """Mode 5: fit the object mapper of one scan from n views next to the frozen pretrained view mapper.
+
+    `view_mapper_fingerprint` is only part of the cache key: a new view mapper means a new fit.
+    """
+    logger = run_logger()
+    if config.learnable_mode != 5:
+        raise ValueError(f"per-scan fitting is learnable_mode 5, got {config.learnable_mode}")
+    with ledger_entry(Path(ledger_dir), "fit", item) as ledger:
+        maybe_inject_failure(item, "fit", Path(ledger_dir))
+        record = _train(config, logger, item, Path(ledger_dir), ledger)
+    record.update({"item": item, "scan": config.data.dtu_scan, "n_views": config.data.dtu_subset})
+    return record

@@ -1,0 +1,297 @@
+"""The Prefect 3 + Dask pipeline on a real Prefect server and real Dask clusters (no mocks).
+
+Sizes are tiny (32x24 images, 2 training steps, 2 denoising steps, 2 rendered views, LPIPS with a
+random backbone at 24x32) so the module runs in a few minutes on 2 CPU cores. The synthetic DTU
+archives are served over HTTP on 127.0.0.1, so the real download -> extract -> validate path runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from fixtures.prefect_server import prefect_server  # noqa: F401 - session fixture
+
+from flows.local_services import StaticFileServer
+from flows.params import BenchmarkConfig, load_benchmark_config
+from tasks.common import CODE_VERSION_ENV, FAIL_ITEMS_ENV, read_ledger
+from viewneti_core.sd_models import build_components, save_components
+from viewneti_core.synthetic import make_synthetic_dtu, write_archives
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAIN_SCANS = [3, 4]
+TEST_SCANS = [21, 114]
+GPU_TASKS = {"pretrain", "fit", "infer", "evaluate"}
+
+
+# ---- fixtures ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def archive_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline-data")
+    tree = make_synthetic_dtu(root / "tree", PRETRAIN_SCANS + TEST_SCANS, size=(32, 24), lights=[3], progress=False)
+    archives = write_archives(tree, root / "archives")
+    with StaticFileServer(root / "archives") as server:
+        server.sources = [server.url(p.name) for p in archives.values()]
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_components(build_components("tiny"), tmp_path_factory.mktemp("pipeline-model") / "tiny", builder="tiny")
+
+
+def tiny_config(run_dir: Path, sources: list[str], model: Path, **top) -> dict:
+    common_eval = {"num_denoising_steps": 2, "width": 32, "height": 24, "seeds": [0, 1], "eval_batch_size": 4,
+                   "validation_steps": 1000, "final_validation": False}
+    optim = {"max_train_steps": 2, "train_batch_size": 1, "gradient_accumulation_steps": 1, "mixed_precision": "no"}
+    config = {
+        "name": "test-bench",
+        "run_dir": str(run_dir),
+        "test_scans": TEST_SCANS,
+        "n_views": [1, 3],
+        "views": [25, 1],  # a training view and a DTU test view
+        "data": {"sources": sources},
+        "pretrain": {"learnable_mode": 3, "model": {"pretrained_model_name_or_path": str(model)},
+                     "data": {"dtu_pretrain_scans": PRETRAIN_SCANS, "dtu_subset": 0, "width": 32, "height": 24},
+                     "log": {"save_steps": 1, "report_to": "none"}, "optim": optim, "eval": common_eval},
+        "fit": {"learnable_mode": 5, "model": {"pretrained_model_name_or_path": str(model)},
+                "data": {"width": 32, "height": 24}, "log": {"save_steps": 1, "report_to": "none"},
+                "optim": optim, "eval": common_eval},
+        "evaluation": {"lpips_weights": "random", "device": "cpu", "eval_size": [24, 32], "batch_size": 8},
+        "execution": {"retries": 1, "retry_delay_s": 0},
+    }
+    config.update(top)
+    return config
+
+
+def executions(ledger_dir: Path) -> Counter:
+    return Counter((e["item"], e["task"]) for e in read_ledger(ledger_dir))
+
+
+def assert_one_gpu_task_per_worker(ledger_dir: Path) -> set[str]:
+    """Measured: the [start, end] intervals of GPU tasks on one worker never overlap."""
+    per_worker = defaultdict(list)
+    for entry in read_ledger(ledger_dir):
+        if entry["task"] in GPU_TASKS:
+            per_worker[entry["worker"]].append((entry["start"], entry["end"], f"{entry['task']}:{entry['item']}"))
+    for worker, spans in per_worker.items():
+        spans.sort()
+        for (s0, e0, a), (s1, e1, b) in zip(spans, spans[1:], strict=False):
+            assert s1 >= e0, f"worker {worker} ran {a} [{s0:.2f}, {e0:.2f}] and {b} [{s1:.2f}, {e1:.2f}] at once"
+    return set(per_worker)
+
+
+# ---- parameter validation ------------------------------------------------------------------------------
+
+
+def test_config_files_validate_and_deployment_params_match():
+    demo = load_benchmark_config(REPO / "configs" / "pipeline_demo.yaml")
+    assert demo.evaluation.lpips_weights == "random" and len(demo.items) == 4
+    full = load_benchmark_config(REPO / "configs" / "dtu_benchmark.yaml")
+    assert full == BenchmarkConfig(), "configs/dtu_benchmark.yaml must equal the flow defaults (dtu-benchmark/full)"
+    deployments = {d["name"]: d for d in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]}
+    assert deployments["demo"]["parameters"]["config"] == yaml.safe_load((REPO / "configs" / "pipeline_demo.yaml").read_text())
+    assert {"full", "demo", "per-scan", "prepare", "pretrain", "aggregate"} <= set(deployments)
+    assert deployments["per-scan"]["triggers"][0]["expect"] == ["viewneti.view-mapper.ready"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"fit": {"optim": {"max_train_stepz": 2}}}, "max_train_stepz"),
+    ({"fit": {"optim": {"max_train_steps": -3}}}, "max_train_steps"),
+    ({"n_views": [1, 2]}, "n_views"),
+])
+def test_invalid_parameters_rejected_before_any_work(prefect_server, tmp_path, change, message):  # noqa: F811
+    from flows.benchmark import dtu_benchmark
+    from viewneti_core.config import deep_merge
+
+    config = deep_merge(tiny_config(tmp_path / "run", ["http://127.0.0.1:9/none.zip"], tmp_path / "m"), change)
+    with pytest.raises(Exception) as err:  # noqa: B017 - Prefect's ParameterTypeError wraps pydantic's
+        dtu_benchmark(config=config)
+    assert message in str(err.value)
+    assert not (tmp_path / "run").exists(), "nothing may be written before validation passed"
+
+
+def test_per_scan_rejects_n_views_outside_protocol(prefect_server, tmp_path):  # noqa: F811
+    from flows.per_scan import per_scan_flow
+
+    with pytest.raises(Exception) as err:  # noqa: B017
+        per_scan_flow(scan=114, n_views=2, config=tiny_config(tmp_path / "run", ["x"], tmp_path / "m"))
+    assert "n_views" in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+# ---- the benchmark on a Dask cluster of 2 "GPU" workers ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(prefect_server, archive_server, tiny_model, tmp_path_factory):  # noqa: F811
+    """Run 1 with injected faults, then run 2 without: the shared state of the tests below."""
+    from flows.benchmark import dtu_benchmark
+
+    run_dir = tmp_path_factory.mktemp("bench") / "run"
+    config = tiny_config(run_dir, archive_server.sources, tiny_model)
+    # Pin the code part of the cache keys: the default (a hash of the sources) would rightly invalidate
+    # everything if someone edits viewneti_core between the two runs.
+    os.environ[CODE_VERSION_ENV] = f"test-{time.time()}"
+    # scan114-3view: crashes for good right after training step 1 (its checkpoint-1 exists);
+    # scan21-3view: the first inference attempt fails (transient), the retry succeeds.
+    os.environ[FAIL_ITEMS_ENV] = "scan114-3view@fit+1,scan21-3view@infer:once"
+    try:
+        t0 = time.monotonic()
+        first = dtu_benchmark(config=config, return_state=True)
+        first_s = time.monotonic() - t0
+    finally:
+        del os.environ[FAIL_ITEMS_ENV]
+    ledger = BenchmarkConfig.model_validate(config).ledger_dir
+    after_first = executions(ledger)
+    first_entries = read_ledger(ledger)
+    crashed = run_dir / "items" / "scan114-3view"
+    crashed_item = {"checkpoints": sorted(p.name for p in (crashed / "checkpoints").glob("checkpoint-*")),
+                    "metrics": (crashed / "metrics.parquet").exists()}
+    t0 = time.monotonic()
+    second = dtu_benchmark(config=config, return_state=True)
+    second_s = time.monotonic() - t0
+    print(f"benchmark run 1 (with faults): {first_s:.0f} s, run 2 (resume): {second_s:.0f} s")
+    del os.environ[CODE_VERSION_ENV]
+    return {"config": config, "run_dir": run_dir, "first": first, "second": second, "ledger": ledger,
+            "after_first": after_first, "first_entries": first_entries, "archive_server": archive_server,
+            "crashed_item": crashed_item}
+
+
+def test_failed_item_is_named_and_the_others_finish(benchmark_run):
+    state = benchmark_run["first"]
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "scan114-3view" in message and "1 of 4" in message
+    for other in ("scan21-1view", "scan21-3view", "scan114-1view"):
+        assert other not in message
+    items = benchmark_run["run_dir"] / "items"
+    done = benchmark_run["after_first"]
+    for item in ("scan21-1view", "scan21-3view", "scan114-1view"):
+        assert done[(item, "evaluate")] == 1
+    # the transient inference failure was retried once and then succeeded
+    attempts = [e for e in benchmark_run["first_entries"] if e["item"] == "scan21-3view" and e["task"] == "infer"]
+    assert [e["status"] for e in attempts] == ["failed", "completed"]
+    # the crashed item left its step-1 checkpoint behind but no metrics
+    assert benchmark_run["crashed_item"] == {"checkpoints": ["checkpoint-1"], "metrics": False}
+    for item in ("scan21-1view", "scan21-3view", "scan114-1view"):
+        assert (items / item / "metrics.parquet").is_file()
+
+
+def test_rerun_redoes_only_the_failed_item_and_resumes_its_training(benchmark_run):
+    assert benchmark_run["second"].is_completed(), benchmark_run["second"].message
+    before, after = benchmark_run["after_first"], executions(benchmark_run["ledger"])
+    new = after - before
+    assert set(new) == {("scan114-3view", "fit"), ("scan114-3view", "infer"), ("scan114-3view", "evaluate"),
+                        ("data", "prepare"), ("test-bench", "aggregate")}, new
+    assert all(count == 1 for count in new.values())
+    resumed = [e for e in read_ledger(benchmark_run["ledger"]) if e["item"] == "scan114-3view" and e["task"] == "fit"]
+    assert resumed[-1]["resumed_from"] == 1 and resumed[-1]["steps"] == 2
+
+
+def test_gpu_tasks_never_overlap_on_a_worker_and_tables_are_written(benchmark_run):
+    assert_one_gpu_task_per_worker(benchmark_run["ledger"])  # both runs (each had its own 2-worker cluster)
+    first_run_workers = {e["worker_name"] for e in benchmark_run["first_entries"] if e["task"] in GPU_TASKS}
+    assert first_run_workers == {"gpu-0", "gpu-1"}, "both GPU workers of the first run should have worked"
+    report = benchmark_run["run_dir"] / "report"
+    rows = pd.read_parquet(report / "metrics_all.parquet")
+    assert sorted(rows["run"].unique()) == ["scan114-1view", "scan114-3view", "scan21-1view", "scan21-3view"]
+    assert set(rows["protocol"]) == {"viewneti", "regnerf"} and set(rows["weights"]) == {"random"}
+    assert set(rows["lpips_backbone"]) == {"random"}
+    summary = pd.read_parquet(report / "summary.parquet")
+    assert set(summary["n_views"]) == {1, 3}
+    text = (report / "report.md").read_text()
+    assert "RANDOM WEIGHTS" in text and "grid_seed0.png" in text and "psnr_per_scan.png" in text
+
+
+def test_ui_artifacts_and_core_logs_reach_the_server(benchmark_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    flow_run_id = benchmark_run["second"].state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=["test-bench-report", "test-bench-summary", "test-bench-progress"])))
+        kinds = {a.key: a.type for a in artifacts}
+        assert kinds == {"test-bench-report": "markdown", "test-bench-summary": "table",
+                         "test-bench-progress": "progress"}
+        progress = [a for a in artifacts if a.key == "test-bench-progress"]
+        assert max(float(a.data) for a in progress) == 100.0
+        run = client.read_flow_run(flow_run_id)
+        assert run.name == "test-bench"
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        assert "fit-scan114-3view" in {t.name for t in task_runs}
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        assert any(log.name.startswith("viewneti_core") for log in logs), "viewneti_core logs must reach the run page"
+
+
+# ---- end to end through a deployment and a process worker ---------------------------------------------------
+
+
+def _prefect(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_deployment_run_with_process_worker(benchmark_run, prefect_server, tmp_path):  # noqa: F811
+    from prefect.client.orchestration import get_client
+
+    env = dict(os.environ) | prefect_server.client_env() | {"VIEWNETI_DASK_WORKERS": "1",
+                                                            "PREFECT_LOGGING_EXTRA_LOGGERS": "viewneti_core"}
+    created = _prefect("work-pool", "create", "viewneti-process", "--type", "process", "--overwrite", env=env)
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = _prefect("deploy", "--prefect-file", "deployments/prefect.yaml", "--all", "--no-prompt", env=env)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    mapper = str(benchmark_run["run_dir"] / "pretrain")  # skip pretraining: a given view mapper
+    config = tiny_config(tmp_path / "deployed", benchmark_run["archive_server"].sources,
+                         Path(benchmark_run["config"]["fit"]["model"]["pretrained_model_name_or_path"]),
+                         name="deployed-bench", test_scans=[21], n_views=[1], pretrained_view_mapper=mapper)
+
+    bad = _prefect("deployment", "run", "dtu-benchmark/demo", "--params",
+                   json.dumps({"config": config | {"n_views": [2]}}), env=env, timeout=60)
+    assert bad.returncode != 0 and "n_views" in (bad.stdout + bad.stderr), "the server must reject bad parameters"
+
+    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "viewneti-process",
+                               "--limit", "1"], cwd=REPO, env=env, stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        started = _prefect("deployment", "run", "dtu-benchmark/demo", "--params", json.dumps({"config": config}),
+                           env=env, timeout=60)
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+        deadline = time.monotonic() + 420
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                state = client.read_flow_run(run_id).state
+                if state is not None and state.is_final():
+                    break
+                time.sleep(2)
+        assert state is not None and state.is_completed(), f"{state}\n" + (tmp_path / "worker.log").read_text()[-3000:]
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        worker_log.close()
+    report = tmp_path / "deployed" / "report"
+    assert pd.read_parquet(report / "metrics_all.parquet")["run"].unique().tolist() == ["scan21-1view"]
+    assert (report / "summary.parquet").is_file() and (report / "report.md").is_file()
