@@ -13,33 +13,17 @@ import torch
 
 from viewneti_core import dtu
 from viewneti_core.acceleration import AccelerationOptions, AccelerationReport, apply_acceleration
-from viewneti_core.cameras import (
-    CameraNormalization,
-    intrinsics_for_size,
-    look_at_extrinsics,
-    projection_matrix,
-    spherical_to_center,
-)
+from viewneti_core.cameras import CameraNormalization
 from viewneti_core.config import ViewNetiConfig
 from viewneti_core.model import ViewNetiModel, build_model
 from viewneti_core.sd_models import build_components
+from viewneti_core.synthetic import synthetic_cameras
 
 PROMPT = "<view>. A photo of a <object>"
 OBJECT_TOKEN = "<object>"
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def dtu_like_cameras() -> np.ndarray:
-    """64 DTU-like 3x4 projection matrices (1600x1200 intrinsics, centres on a spherical cap)."""
-    k = intrinsics_for_size(1600, 1200)
-    mats = []
-    for i in range(dtu.NUM_CAMERAS):
-        theta = 0.35 + 0.5 * (i % 8) / 7
-        phi = -1.2 + 2.4 * (i // 8) / 7
-        mats.append(projection_matrix(k, look_at_extrinsics(spherical_to_center(theta, phi, 550.0), np.zeros(3))))
-    return np.stack(mats)
 
 
 @dataclass
@@ -75,7 +59,7 @@ def build_bench_model(
     and one object mapper. Mode 3: a trainable view mapper and one object mapper per scene.
     """
     components = build_components(model_name, seed=seed).to(device=device, dtype=dtype).freeze()
-    cameras = dtu_like_cameras()
+    cameras = synthetic_cameras((1600, 1200))  # DTU-like calibration at DTU's full size
     normalization = CameraNormalization.from_cameras(cameras.reshape(-1, 12), "dtu-12d")
     if mode == 3:
         tokens = [f"<scan{scan}>" for scan in dtu.PRETRAIN_SCANS[:num_scenes]]

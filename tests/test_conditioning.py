@@ -5,19 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from viewneti_core.conditioning import causal_mask, text_model_of, tokenize
-from viewneti_core.config import ViewNetiConfig
 from viewneti_core.errors import PromptError
-from viewneti_core.model import build_model
 
 PROMPT = "<view>. A photo of a <object>"
-
-
-@pytest.fixture
-def model(tiny_components, camera_normalization):
-    torch.manual_seed(0)
-    return build_model(
-        ViewNetiConfig(), tiny_components, view_camera_normalization=camera_normalization, new_object_tokens=["<object>"]
-    )
 
 
 def reference_single(model, ids, t, layer, camera):

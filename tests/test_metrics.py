@@ -186,6 +186,36 @@ def test_missing_vgg_weights_error_names_file_path_and_url(tmp_path, monkeypatch
         LPIPS("pretrained")
 
 
+def test_pretrained_path_loads_a_torchvision_vgg16_file_layer_by_layer(tmp_path, monkeypatch):
+    """The real ImageNet file cannot be downloaded here, so a torchvision VGG16 state dict (random init,
+    the same key layout) stands in for it; its sha256 prefix is registered as the expected one, so the
+    file check runs as it does on the real file. Every conv of our trunk must hold that file's tensors."""
+    import hashlib
+
+    import torchvision
+
+    torch.manual_seed(0)
+    features = torchvision.models.vgg16(weights=None).features
+    state = {f"features.{k}": v for k, v in features.state_dict().items()}  # the classifier is never read
+    path = tmp_path / "hub" / "checkpoints" / VGG16_FILE
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(metrics, "VGG16_SHA256_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+
+    ours = LPIPS()  # default: pretrained, from $TORCH_HOME/hub/checkpoints
+    assert ours.backbone_label == "pretrained"
+    convs = [i for i, m in enumerate(features) if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13
+    for i in convs:
+        assert torch.equal(ours.features[i].weight, features[i].weight)
+        assert torch.equal(ours.features[i].bias, features[i].bias)
+    x = torch.rand(1, 3, 32, 48) * 2 - 1
+    with torch.no_grad():  # and the trunk computes what torchvision's does, up to the last tap
+        torch.testing.assert_close(ours.features[:30]((x - ours.shift) / ours.scale),
+                                   features[:30]((x - ours.shift) / ours.scale))
+
+
 def test_lpips_rejects_unknown_backbone_label():
     with pytest.raises(ValueError, match="backbone_weights"):
         LPIPS("imagenet")

@@ -245,6 +245,49 @@ def test_ui_artifacts_and_core_logs_reach_the_server(benchmark_run):
         assert any(log.name.startswith("viewneti_core") for log in logs), "viewneti_core logs must reach the run page"
 
 
+# ---- a Dask worker lost mid-run ---------------------------------------------------------------------------
+
+
+def test_worker_lost_mid_run_keeps_finished_results(benchmark_run, tmp_path):
+    """A worker process dies (os._exit) in the middle of an item's training: Dask's nanny restarts it,
+    the scheduler re-runs the lost task, the item resumes from its last checkpoint, and nothing that had
+    finished -- on the lost worker or elsewhere -- is executed again."""
+    from flows.benchmark import dtu_benchmark
+
+    config = tiny_config(tmp_path / "run", benchmark_run["archive_server"].sources,
+                         Path(benchmark_run["config"]["fit"]["model"]["pretrained_model_name_or_path"]),
+                         name="worker-loss", pretrained_view_mapper=str(benchmark_run["run_dir"] / "pretrain"))
+    os.environ[CODE_VERSION_ENV] = f"test-{time.time()}"
+    os.environ[FAIL_ITEMS_ENV] = "scan114-3view@fit+1:kill"
+    try:
+        state = dtu_benchmark(config=config, return_state=True)
+    finally:
+        del os.environ[FAIL_ITEMS_ENV], os.environ[CODE_VERSION_ENV]
+    assert state.is_completed(), state.message
+
+    ledger = BenchmarkConfig.model_validate(config).ledger_dir
+    killed = json.loads((ledger / ".injected-scan114-3view-fit-1").read_text())
+    with pytest.raises(ProcessLookupError):  # the worker process really is gone
+        os.kill(killed["pid"], 0)
+    entries = read_ledger(ledger)
+    # The lost worker had finished work before it died (the first two fits start before scan114-3view's,
+    # one on each worker); Dask re-ran those lost in-memory results, and Prefect served them from the
+    # results persisted under the run directory instead of executing them again (checked below).
+    finished_on_lost = [f"{e['task']}:{e['item']}" for e in entries if e["pid"] == killed["pid"]]
+    assert finished_on_lost, [(e["item"], e["task"], e["worker_name"], e["pid"]) for e in entries]
+    # Every stage of every item completed exactly once: the killed attempt left no ledger entry (the
+    # process died), and results finished before the loss were never recomputed.
+    counts = Counter((e["item"], e["task"]) for e in entries if e["task"] in GPU_TASKS)
+    assert counts == {(item, stage): 1 for item in ("scan21-1view", "scan21-3view", "scan114-1view", "scan114-3view")
+                      for stage in ("fit", "infer", "evaluate")}, counts
+    assert all(e["status"] == "completed" for e in entries)
+    fit = next(e for e in entries if e["item"] == "scan114-3view" and e["task"] == "fit")
+    assert fit["resumed_from"] == 1 and fit["steps"] == 2 and fit["pid"] != killed["pid"]
+    assert_one_gpu_task_per_worker(ledger)
+    rows = pd.read_parquet(tmp_path / "run" / "report" / "metrics_all.parquet")
+    assert rows["run"].nunique() == 4
+
+
 # ---- end to end through a deployment and a process worker ---------------------------------------------------
 
 
@@ -253,16 +296,22 @@ def _prefect(*args: str, env: dict, timeout: float = 180) -> subprocess.Complete
                           text=True, timeout=timeout)
 
 
-def test_deployment_run_with_process_worker(benchmark_run, prefect_server, tmp_path):  # noqa: F811
-    from prefect.client.orchestration import get_client
-
+@pytest.fixture(scope="module")
+def deployed(prefect_server) -> dict:  # noqa: F811
+    """The process work pool and every deployment of deployments/prefect.yaml, registered with the CLI."""
     env = dict(os.environ) | prefect_server.client_env() | {"VIEWNETI_DASK_WORKERS": "1",
                                                             "PREFECT_LOGGING_EXTRA_LOGGERS": "viewneti_core"}
     created = _prefect("work-pool", "create", "viewneti-process", "--type", "process", "--overwrite", env=env)
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = _prefect("deploy", "--prefect-file", "deployments/prefect.yaml", "--all", "--no-prompt", env=env)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    return env
 
+
+def test_deployment_run_with_process_worker(benchmark_run, deployed, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    env = deployed
     mapper = str(benchmark_run["run_dir"] / "pretrain")  # skip pretraining: a given view mapper
     config = tiny_config(tmp_path / "deployed", benchmark_run["archive_server"].sources,
                          Path(benchmark_run["config"]["fit"]["model"]["pretrained_model_name_or_path"]),
@@ -295,3 +344,29 @@ def test_deployment_run_with_process_worker(benchmark_run, prefect_server, tmp_p
     report = tmp_path / "deployed" / "report"
     assert pd.read_parquet(report / "metrics_all.parquet")["run"].unique().tolist() == ["scan21-1view"]
     assert (report / "summary.parquet").is_file() and (report / "report.md").is_file()
+
+
+def test_view_mapper_ready_event_triggers_a_per_scan_run(benchmark_run, deployed, tmp_path):
+    """pretrain-view-mapper emits viewneti.view-mapper.ready; the per-scan deployment's trigger (created by
+    `prefect deploy`) turns it into a per-scan flow run whose view_mapper is the event's checkpoint."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+    from flows.pretrain import pretrain_view_mapper_flow
+
+    config = tiny_config(tmp_path / "event", benchmark_run["archive_server"].sources,
+                         Path(benchmark_run["config"]["fit"]["model"]["pretrained_model_name_or_path"]),
+                         name="event-bench", pretrained_view_mapper=str(benchmark_run["run_dir"] / "pretrain"))
+    mapper = pretrain_view_mapper_flow(config=config)  # a given mapper: no training, but the real emission
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("per-scan/per-scan")
+        runs_filter = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))
+        deadline, triggered = time.monotonic() + 90, []
+        while not triggered and time.monotonic() < deadline:
+            triggered = [r for r in client.read_flow_runs(flow_run_filter=runs_filter)
+                         if r.parameters.get("view_mapper") == mapper["checkpoint"]]
+            time.sleep(1)
+        for run in triggered:  # nobody should execute it (its defaults are the full SD 2.1 benchmark)
+            client.delete_flow_run(run.id)
+    assert len(triggered) == 1, f"no per-scan run was triggered for {mapper['checkpoint']}"
+    assert triggered[0].parameters == {"view_mapper": mapper["checkpoint"]}

@@ -5,21 +5,11 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-from viewneti_core.config import ViewNetiConfig
 from viewneti_core.errors import PromptError
-from viewneti_core.model import build_model
 from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler, make_dpm_solver
 from viewneti_core.sd_models import load_components
 
 PROMPT = "<view>. A photo of a <object>"
-
-
-@pytest.fixture
-def model(tiny_components, camera_normalization):
-    torch.manual_seed(0)
-    return build_model(
-        ViewNetiConfig(), tiny_components, view_camera_normalization=camera_normalization, new_object_tokens=["<object>"]
-    )
 
 
 def make_sampler(model, **kw):
