@@ -21,7 +21,7 @@ from pathlib import Path
 from flows.local_services import DEFAULT_PORT, LocalServiceError, PrefectServer, StaticFileServer
 
 DEFAULT_HOME = Path(".prefect")
-DEMO_CONFIG = Path("configs/pipeline_demo.yaml")
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # any working directory
 DEMO_OUT = Path("outputs/pipeline-demo")
 DEMO_PRETRAIN_SCANS = (3, 4, 5)
 DEMO_TEST_SCANS = (21, 114)

@@ -65,5 +65,5 @@ def test_override_syntax_errors():
 
 
 def test_shipped_demo_config_is_valid():
-    cfg = load_config("configs/demo.yaml")
+    cfg = load_config("configs/core_demo.yaml")
     assert cfg.eval.seeds == [0, 1]

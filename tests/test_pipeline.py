@@ -98,12 +98,12 @@ def assert_one_gpu_task_per_worker(ledger_dir: Path) -> set[str]:
 
 
 def test_config_files_validate_and_deployment_params_match():
-    demo = load_benchmark_config(REPO / "configs" / "pipeline_demo.yaml")
+    demo = load_benchmark_config(REPO / "configs" / "demo.yaml")
     assert demo.evaluation.lpips_weights == "random" and len(demo.items) == 4
     full = load_benchmark_config(REPO / "configs" / "dtu_benchmark.yaml")
     assert full == BenchmarkConfig(), "configs/dtu_benchmark.yaml must equal the flow defaults (dtu-benchmark/full)"
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]}
-    assert deployments["demo"]["parameters"]["config"] == yaml.safe_load((REPO / "configs" / "pipeline_demo.yaml").read_text())
+    assert deployments["demo"]["parameters"]["config"] == yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert {"full", "demo", "per-scan", "prepare", "pretrain", "aggregate"} <= set(deployments)
     assert deployments["per-scan"]["triggers"][0]["expect"] == ["viewneti.view-mapper.ready"]
 

@@ -1,5 +1,5 @@
 """The `viewneti` command. Subcommands that take a config accept dotted overrides after their flags,
-e.g. `viewneti demo --config configs/demo.yaml --eval.seeds [0,1] --run.device cpu`."""
+e.g. `viewneti demo --config configs/core_demo.yaml --eval.seeds [0,1] --run.device cpu`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 from viewneti_core.config import ConfigError, dump_config, load_config
 from viewneti_core.errors import ModelNotFoundError, PromptError
+
+CORE_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "core_demo.yaml"  # any working directory
 
 
 def _config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
     demo = groups.add_parser("demo", help="sample view-conditioned images on the embedded default (tiny model)")
-    _config_args(demo, default="configs/demo.yaml")
+    _config_args(demo, default=CORE_DEMO_CONFIG)
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output directory")
     demo.set_defaults(handler=_cmd_demo, takes_overrides=True)
 

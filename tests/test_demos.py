@@ -1,0 +1,56 @@
+"""The README's main command and the core demo, run as users run them: console entry points in a
+subprocess, from a directory outside the repository, on the embedded default (no configuration)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fixtures.prefect_server import prefect_server  # noqa: F401 - session fixture
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def _run(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
+    env = (env or dict(os.environ)) | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_core_demo_writes_labelled_images(tmp_path):
+    out = tmp_path / "demo"
+    done = _run("viewneti_core.cli", "demo", "--out", str(out), "--eval.seeds", "[0]", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"], summary
+    for relative in summary["images"]:
+        assert "random-weights" in relative
+        with Image.open(out / relative) as image:
+            assert image.size[0] > 0
+    assert "random" in (done.stdout + done.stderr).lower()
+
+
+def test_pipeline_demo_runs_the_benchmark_and_prints_where_everything_is(prefect_server, tmp_path):  # noqa: F811
+    """`viewneti-pipeline demo` with its defaults, pointed (through --home/--port) at the test server,
+    which it must reuse rather than start a second one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}  # as on a fresh shell
+    out = tmp_path / "pipeline-demo"
+    done = _run("flows.cli", "demo", "--out", str(out), "--home", str(prefect_server.home),
+                "--port", str(prefect_server.port), cwd=tmp_path, env=env)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-4000:]
+    assert f"Prefect UI: {prefect_server.ui_url}" in text
+    report = out / "benchmark" / "report"
+    for name in ("metrics_all.parquet", "summary.parquet", "summary.csv", "summary.md", "report.md"):
+        assert str(report / name) in text and (report / name).is_file(), name
+    assert "(missing)" not in text
+    rows = pd.read_parquet(report / "metrics_all.parquet")
+    assert sorted(rows["run"].unique()) == ["scan114-1view", "scan114-3view", "scan21-1view", "scan21-3view"]
+    assert set(rows["weights"]) == {"random"} and set(rows["seed"]) == {0, 1}
+    assert "RANDOM WEIGHTS" in text and "RANDOM WEIGHTS" in (report / "report.md").read_text()
