@@ -55,10 +55,12 @@ def gpu_peak_tflops(device: torch.device) -> tuple[float | None, str]:
     return None, f"n/a ({name} not in the peak table)"
 
 
-def measure_cpu_matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 torch.mm throughput on this CPU (TFLOP/s): a practical, labelled reference peak."""
-    a = torch.randn(size, size)
-    b = torch.randn(size, size)
+def measure_cpu_matmul_peak(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Measured torch.mm throughput on this CPU in `dtype` (TFLOP/s): a practical, labelled reference
+    peak. Measured in the run's dtype because CPUs with bf16 matrix units (e.g. AMX) run bf16 matmuls
+    several times faster than fp32 ones, which would make an fp32 peak meaningless for a bf16 run."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -77,9 +79,10 @@ def reference_peak(device: torch.device, dtype: torch.dtype, measure_cpu: bool =
         return peak, label
     if not measure_cpu:
         return None, "n/a"
-    peak = measure_cpu_matmul_peak()
-    return peak, (f"measured CPU fp32 torch.mm 2048x2048 peak {peak * 1e3:.1f} GFLOP/s with {torch.get_num_threads()} "
-                  "torch thread(s) (not a datasheet number)")
+    peak = measure_cpu_matmul_peak(dtype=dtype)
+    name = str(dtype).removeprefix("torch.")
+    return peak, (f"measured CPU {name} torch.mm 2048x2048 peak {peak * 1e3:.1f} GFLOP/s with "
+                  f"{torch.get_num_threads()} torch thread(s) (not a datasheet number)")
 
 
 def synchronize(device: torch.device) -> None:
