@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0)
         sub.set_defaults(handler=_cmd_make_model, takes_overrides=False)
 
+    bench = groups.add_parser("bench", add_help=False, help="speed benchmarks, ours vs reference-style "
+                              "(`viewneti bench --help`; the same as `python -m bench`)")
+    bench.set_defaults(handler=_cmd_bench, takes_overrides=True)
+
     data = groups.add_parser("data", help="DTU data: synthetic scenes and preparation").add_subparsers(
         dest="command", required=True
     )
@@ -203,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_command(data, "prepare", "download/extract/validate DTU scans into a normalised tree", "prepare",
                       "add_prepare_arguments", _cmd_prepare)
     return parser
+
+
+def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
+    from bench.__main__ import main as bench_main  # bench/ ships with the project, outside the library
+
+    return bench_main(rest)
 
 
 def _add_data_command(subparsers, name: str, text: str, module: str, adder: str, handler: Callable) -> None:
