@@ -10,11 +10,14 @@
 Every GPU task is submitted inside `gpu_annotations()`, i.e. `dask.annotate(resources={"GPU": 1})`;
 a worker declaring `GPU: 1` therefore runs at most one of them at a time, while its other threads
 stay free for light tasks.
+
+A local cluster logs only Dask's warnings and errors (VIEWNETI_DASK_LOG_LEVEL=info for all of it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +25,7 @@ from typing import Any
 ADDRESS_ENV = "VIEWNETI_DASK_ADDRESS"
 WORKERS_ENV = "VIEWNETI_DASK_WORKERS"
 THREADS_ENV = "VIEWNETI_DASK_THREADS"
+LOG_LEVEL_ENV = "VIEWNETI_DASK_LOG_LEVEL"  # Dask's own logs of a local cluster (default: warnings and up)
 GPU_RESOURCE = "GPU"
 CORE_LOGGERS = "viewneti_core"
 
@@ -53,6 +57,13 @@ def local_gpu_cluster(
         n_workers = len(devices) or int(os.environ.get(WORKERS_ENV, "2"))
     threads = threads_per_worker or int(os.environ.get(THREADS_ENV, "2"))
     cpus = os.cpu_count() or 1
+    # Start/stop chatter of the scheduler, nannies and workers would bury the run's own logs; a lost
+    # worker and other trouble are warnings and still show.
+    dask_level = os.environ.get(LOG_LEVEL_ENV, "warning").upper()
+    logging.getLogger("distributed").setLevel(dask_level)
+    # Worker processes configure logging when they import distributed, i.e. from the environment they
+    # inherit at spawn (the nanny's `env` is applied too late for that).
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", dask_level.lower())
     base_env = {
         "PREFECT_LOGGING_EXTRA_LOGGERS": os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", CORE_LOGGERS),
         "OMP_NUM_THREADS": str(max(1, cpus // n_workers)),
