@@ -127,8 +127,7 @@ def test_cli_train_with_dotted_overrides(synthetic_dtu_root, tiny_model_dir, tmp
         "learnable_mode: 2\n"
         f"model: {{pretrained_model_name_or_path: '{tiny_model_dir}'}}\n"
         f"data: {{train_data_dir: '{synthetic_dtu_root}', width: 64, height: 48}}\n"
-        "log: {report_to: none}\n"
-    )
+    )  # log.report_to left at its default: TensorBoard
     code = cli_main(["train", "--config", str(config_file), "--optim.max_train_steps", "2",
                      "--log.exp_dir", str(tmp_path / "runs"), "--log.exp_name", "cli", "--run.device", "cpu",
                      "--eval.validation_steps", "1000", "--eval.width", "64", "--eval.height", "48",
@@ -137,6 +136,14 @@ def test_cli_train_with_dotted_overrides(synthetic_dtu_root, tiny_model_dir, tmp
     assert [p.name for p in list_checkpoints(tmp_path / "runs" / "cli")] == ["checkpoint-2"]
     assert load_config(tmp_path / "runs" / "cli" / "config.yaml").optim.max_train_steps == 2
     assert (tmp_path / "runs" / "cli" / "validation" / "step-000002.png").is_file()  # the final validation grid
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (tmp_path / "runs" / "cli" / "logs").rglob("events.out.tfevents.*")
+    board = EventAccumulator(str(events.parent))
+    board.Reload()
+    for tag in ("loss", "lr"):
+        assert [e.step for e in board.Scalars(tag)] == [1, 2], tag
+    assert all(np.isfinite(e.value) and e.value > 0 for e in board.Scalars("loss"))
 
 
 # ---- bad input: a clear error before any training step -----------------------------------------
