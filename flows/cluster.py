@@ -63,7 +63,8 @@ def local_gpu_cluster(
     logging.getLogger("distributed").setLevel(dask_level)
     # Worker processes configure logging when they import distributed, i.e. from the environment they
     # inherit at spawn (the nanny's `env` is applied too late for that).
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", dask_level.lower())
+    if LOG_LEVEL_ENV in os.environ or "DASK_LOGGING__DISTRIBUTED" not in os.environ:
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = dask_level.lower()
     base_env = {
         "PREFECT_LOGGING_EXTRA_LOGGERS": os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", CORE_LOGGERS),
         "OMP_NUM_THREADS": str(max(1, cpus // n_workers)),
