@@ -18,6 +18,7 @@ from flows.common import (
     BenchmarkItemsFailed,
     benchmark_run_name,
     obtain_view_mapper,
+    preflight,
     progress_key,
     run_items,
 )
@@ -37,6 +38,7 @@ def dtu_benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> dict:  # noqa:
     logger.info("%s: %d item(s) = scans %s x n_views %s, seeds %s, run dir %s", config.name, len(config.items),
                 config.test_scans, config.n_views, config.fit.eval.seeds, config.run_dir)
 
+    preflight(config)
     data = prepare_dtu_flow(config=config)
     logger.info("data: %d images of %d scans in %s", data["n_images"], len(data["scans"]), data["root"])
     mapper = obtain_view_mapper(config)

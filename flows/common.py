@@ -17,6 +17,7 @@ from tasks.common import task_options
 from tasks.data import prepare_dtu_task
 from tasks.evaluation import evaluate_task
 from tasks.inference import infer_task
+from tasks.preflight import preflight_task
 from tasks.reporting import ProgressArtifact, artifact_key
 from tasks.training import fit_task, pretrain_task, resolve_view_mapper_task
 
@@ -65,6 +66,21 @@ def task_opts(config: BenchmarkConfig) -> dict[str, Any]:
 
 
 # ---- stages --------------------------------------------------------------------------------------------
+
+
+def preflight(config: BenchmarkConfig, pretraining: bool = True, fitting: bool = True) -> dict:
+    """Base model(s) and LPIPS weights present? Checked before data preparation and training.
+
+    `pretraining`: the flow may pretrain (skipped when a view mapper is given); `fitting`: the flow
+    fits, renders and evaluates items.
+    """
+    models = []
+    if pretraining and not config.pretrained_view_mapper:
+        models.append((config.pretrain.model.pretrained_model_name_or_path, config.pretrain.model.revision))
+    if fitting:
+        models.append((config.fit.model.pretrained_model_name_or_path, config.fit.model.revision))
+    lpips = config.evaluation.lpips_weights if fitting else "none"
+    return preflight_task(models=models, lpips_weights=lpips)
 
 
 def prepare_data(config: BenchmarkConfig) -> dict:

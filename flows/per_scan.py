@@ -15,6 +15,7 @@ from flows.common import (
     BenchmarkItemsFailed,
     existing_view_mapper,
     per_scan_run_name,
+    preflight,
     prepare_data,
     run_items,
 )
@@ -34,6 +35,7 @@ def per_scan_flow(
     logger = get_run_logger()
     test_scans = sorted(set(config.test_scans) | {scan})
     config = BenchmarkConfig.model_validate(config.model_dump() | {"test_scans": test_scans}).resolved()
+    preflight(config, pretraining=False, fitting=True)
     prepare_data(config)
     mapper = existing_view_mapper(config, view_mapper)
     item = item_name(scan, n_views)

@@ -216,6 +216,13 @@ def test_pretrained_path_loads_a_torchvision_vgg16_file_layer_by_layer(tmp_path,
                                    features[:30]((x - ours.shift) / ours.scale))
 
 
+def test_lpips_preflight_names_the_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    assert metrics.check_lpips_weights("random") == "random" and metrics.check_lpips_weights("none") == "none"
+    with pytest.raises(MissingWeightsError, match=VGG16_FILE):
+        metrics.check_lpips_weights("pretrained")
+
+
 def test_lpips_rejects_unknown_backbone_label():
     with pytest.raises(ValueError, match="backbone_weights"):
         LPIPS("imagenet")

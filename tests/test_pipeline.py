@@ -124,6 +124,27 @@ def test_invalid_parameters_rejected_before_any_work(prefect_server, tmp_path, c
     assert not (tmp_path / "run").exists(), "nothing may be written before validation passed"
 
 
+@pytest.mark.parametrize("missing", ["model", "lpips"])
+def test_missing_model_or_lpips_weights_fail_before_data_preparation(prefect_server, tiny_model, tmp_path,  # noqa: F811
+                                                                      monkeypatch, missing):
+    """Preflight: the real run downloads ~100 GB and trains for hours before it loads the base model
+    for fitting or the LPIPS backbone for evaluation; a missing one must stop it at the start."""
+    from flows.benchmark import dtu_benchmark
+    from viewneti_core.metrics import VGG16_FILE
+
+    model = tmp_path / "no-such-model" if missing == "model" else tiny_model
+    config = tiny_config(tmp_path / "run", ["http://127.0.0.1:9/none.zip"], model)
+    if missing == "lpips":
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+        config["evaluation"]["lpips_weights"] = "pretrained"
+    state = dtu_benchmark(config=config, return_state=True)
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    expected = [str(model), "local diffusers directory"] if missing == "model" else [VGG16_FILE, "TORCH_HOME"]
+    assert all(part in message for part in expected), message
+    assert not (tmp_path / "run" / "data").exists() and not (tmp_path / "run" / "pretrain").exists()
+
+
 def test_per_scan_rejects_n_views_outside_protocol(prefect_server, tmp_path):  # noqa: F811
     from flows.per_scan import per_scan_flow
 

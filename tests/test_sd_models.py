@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from viewneti_core.errors import ModelNotFoundError
-from viewneti_core.sd_models import MODEL_INFO_FILE, build_components, load_components
+from viewneti_core.sd_models import MODEL_INFO_FILE, build_components, check_model_available, load_components
 from viewneti_core.xti_attention import cross_attention_layer_names
 
 
@@ -61,6 +61,23 @@ def test_unreachable_hub_id_is_explained(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match="stable-diffusion-2-1.*\\n.*local diffusers directory"):
         load_components("stabilityai/stable-diffusion-2-1")
+
+
+def test_preflight_check_agrees_with_loading_without_reading_weights(tiny_model_dir, tmp_path, monkeypatch):
+    """check_model_available runs before hours of work: it must accept what loads and refuse, with the
+    same explanation, what does not."""
+    assert check_model_available(tiny_model_dir) == str(tiny_model_dir)
+    assert check_model_available("builtin:sd21-random") == "builtin:sd21-random"
+    with pytest.raises(ModelNotFoundError, match="unknown builder"):
+        check_model_available("builtin:sd15")
+    with pytest.raises(ModelNotFoundError, match="does not exist.*\n.*local diffusers directory"):
+        check_model_available(tmp_path / "nope")
+    (tmp_path / "m" / "unet").mkdir(parents=True)
+    with pytest.raises(ModelNotFoundError, match="missing the subfolder.*tokenizer"):
+        check_model_available(tmp_path / "m")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="stable-diffusion-2-1.*\n.*local diffusers directory"):
+        check_model_available("stabilityai/stable-diffusion-2-1")
 
 
 def test_make_tiny_cli(tmp_path):

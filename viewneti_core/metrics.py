@@ -214,6 +214,16 @@ def _missing_vgg_message(path: Path, problem: str) -> str:
     )
 
 
+def check_lpips_weights(backbone_weights: str) -> str:
+    """Fail fast (MissingWeightsError) when LPIPS will need the pretrained VGG16 file and it is absent
+    or damaged; run before hours of work whose last step is the evaluation. Returns what will be used."""
+    if backbone_weights != "pretrained":
+        return backbone_weights
+    path = vgg16_weights_path()
+    _check_vgg_file(path)
+    return str(path)
+
+
 def _check_vgg_file(path: Path) -> None:
     """The file name carries the first 8 hex digits of its sha256 (torch hub convention): verify once."""
     if not path.is_file():

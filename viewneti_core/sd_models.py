@@ -253,17 +253,43 @@ def load_components(
     return components.to(device=device).freeze()
 
 
+def _local_source(name: str) -> str:
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise _not_found(name, f"the directory {path} does not exist")
+    missing = [sub for sub in SUBFOLDERS if not (path / sub).is_dir()]
+    if missing:
+        raise _not_found(name, f"{path} is missing the subfolder(s) {', '.join(missing)}")
+    return str(path)
+
+
+def check_model_available(name_or_path: str | Path, revision: str | None = None) -> str:
+    """Fail fast if the base model cannot be loaded, without reading any weights: run before work
+    that takes hours (downloading DTU, training) so a missing model is not found at the end.
+
+    A local directory must have its five subfolders; a hub id must resolve its model_index.json (from
+    the local Hugging Face cache when offline). Returns where the model was found.
+    """
+    name = str(name_or_path)
+    if name.startswith(BUILTIN_PREFIX):
+        builder = name.removeprefix(BUILTIN_PREFIX)
+        if builder not in BUILDERS:
+            raise _not_found(name, f"unknown builder {builder!r}; available: {', '.join(BUILDERS)}")
+        return name
+    if _looks_local(name):
+        return _local_source(name)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(name, "model_index.json", revision=revision)
+    except Exception as exc:  # noqa: BLE001 - offline/cache misses, 404s and auth errors all mean "not loadable"
+        raise _not_found(name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+    return name
+
+
 def _load_diffusers_components(name: str, revision: str | None, dtype: torch.dtype) -> SDComponents:
     path = Path(name).expanduser()
-    if _looks_local(name):
-        if not path.is_dir():
-            raise _not_found(name, f"the directory {path} does not exist")
-        missing = [sub for sub in SUBFOLDERS if not (path / sub).is_dir()]
-        if missing:
-            raise _not_found(name, f"{path} is missing the subfolder(s) {', '.join(missing)}")
-        source = str(path)
-    else:
-        source = name
+    source = _local_source(name) if _looks_local(name) else name
     kwargs = {"revision": revision} if revision else {}
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
