@@ -37,6 +37,7 @@ def test_bench_scene_runs_both_paths(tmp_path):
     assert result["ours"]["seconds"] > 0 and result["reference"]["seconds"] > 0
     assert result["reference"]["max_abs_image_diff_vs_ours"] < 1e-4
     assert result["ours"]["flops"]["total"] > 0
+    assert "float32 torch.mm" in result["peak_label"]  # the CPU peak is measured in the run's dtype
 
 
 @pytest.mark.parametrize("which", ["fit", "pretrain"])

@@ -50,6 +50,7 @@ def test_pipeline_demo_runs_the_benchmark_and_prints_where_everything_is(prefect
     for name in ("metrics_all.parquet", "summary.parquet", "summary.csv", "summary.md", "report.md"):
         assert str(report / name) in text and (report / name).is_file(), name
     assert "(missing)" not in text
+    assert "distributed.worker - INFO" not in text, "the local Dask cluster logs warnings and up only"
     rows = pd.read_parquet(report / "metrics_all.parquet")
     assert sorted(rows["run"].unique()) == ["scan114-1view", "scan114-3view", "scan21-1view", "scan21-3view"]
     assert set(rows["weights"]) == {"random"} and set(rows["seed"]) == {0, 1}

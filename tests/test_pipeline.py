@@ -192,6 +192,13 @@ def benchmark_run(prefect_server, archive_server, tiny_model, tmp_path_factory):
             "crashed_item": crashed_item}
 
 
+def config_reusing(benchmark_run: dict, run_dir: Path, **top) -> dict:
+    """A tiny config on the first benchmark's archives and model, with its view mapper given (no pretraining)."""
+    model = Path(benchmark_run["config"]["fit"]["model"]["pretrained_model_name_or_path"])
+    return tiny_config(run_dir, benchmark_run["archive_server"].sources, model,
+                       pretrained_view_mapper=str(benchmark_run["run_dir"] / "pretrain"), **top)
+
+
 def test_failed_item_is_named_and_the_others_finish(benchmark_run):
     state = benchmark_run["first"]
     assert state.is_failed()
@@ -275,9 +282,7 @@ def test_worker_lost_mid_run_keeps_finished_results(benchmark_run, tmp_path):
     finished -- on the lost worker or elsewhere -- is executed again."""
     from flows.benchmark import dtu_benchmark
 
-    config = tiny_config(tmp_path / "run", benchmark_run["archive_server"].sources,
-                         Path(benchmark_run["config"]["fit"]["model"]["pretrained_model_name_or_path"]),
-                         name="worker-loss", pretrained_view_mapper=str(benchmark_run["run_dir"] / "pretrain"))
+    config = config_reusing(benchmark_run, tmp_path / "run", name="worker-loss")
     os.environ[CODE_VERSION_ENV] = f"test-{time.time()}"
     os.environ[FAIL_ITEMS_ENV] = "scan114-3view@fit+1:kill"
     try:
@@ -333,10 +338,7 @@ def test_deployment_run_with_process_worker(benchmark_run, deployed, tmp_path):
     from prefect.client.orchestration import get_client
 
     env = deployed
-    mapper = str(benchmark_run["run_dir"] / "pretrain")  # skip pretraining: a given view mapper
-    config = tiny_config(tmp_path / "deployed", benchmark_run["archive_server"].sources,
-                         Path(benchmark_run["config"]["fit"]["model"]["pretrained_model_name_or_path"]),
-                         name="deployed-bench", test_scans=[21], n_views=[1], pretrained_view_mapper=mapper)
+    config = config_reusing(benchmark_run, tmp_path / "deployed", name="deployed-bench", test_scans=[21], n_views=[1])
 
     bad = _prefect("deployment", "run", "dtu-benchmark/demo", "--params",
                    json.dumps({"config": config | {"n_views": [2]}}), env=env, timeout=60)
@@ -375,9 +377,7 @@ def test_view_mapper_ready_event_triggers_a_per_scan_run(benchmark_run, deployed
 
     from flows.pretrain import pretrain_view_mapper_flow
 
-    config = tiny_config(tmp_path / "event", benchmark_run["archive_server"].sources,
-                         Path(benchmark_run["config"]["fit"]["model"]["pretrained_model_name_or_path"]),
-                         name="event-bench", pretrained_view_mapper=str(benchmark_run["run_dir"] / "pretrain"))
+    config = config_reusing(benchmark_run, tmp_path / "event", name="event-bench")
     mapper = pretrain_view_mapper_flow(config=config)  # a given mapper: no training, but the real emission
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("per-scan/per-scan")
