@@ -100,15 +100,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _load(path: Path | None, base: dict, cli_overrides: Sequence[str]):
-    from flows.params import load_benchmark_config
+    from flows.params import BenchmarkConfig, load_benchmark_config
     from viewneti_core.config import deep_merge, parse_overrides
 
-    return load_benchmark_config(path, deep_merge(base, parse_overrides(cli_overrides)))
+    return load_benchmark_config(path, deep_merge(base, parse_overrides(cli_overrides, BenchmarkConfig)))
 
 
 def _run_benchmark(config, server: PrefectServer | None) -> int:
     from flows.benchmark import dtu_benchmark
+    from flows.console import shorten_console_errors
 
+    shorten_console_errors()
     _print(f"running dtu-benchmark '{config.name}': {len(config.items)} items, run dir {config.run_dir}")
     failed = None
     try:
@@ -118,30 +120,33 @@ def _run_benchmark(config, server: PrefectServer | None) -> int:
             failed = str(result) if isinstance(result, BaseException) else (state.message or "failed")
     except Exception as exc:  # noqa: BLE001 - reported below
         failed = f"{type(exc).__name__}: {exc}"
-    _summarize_outputs(config.resolved(), server)
-    if failed:
+    if failed:  # the cause first, then whatever was written before it
         _print(f"\nthe benchmark FAILED: {failed}")
-        return 1
-    return 0
+    _summarize_outputs(config.resolved(), server)
+    return 1 if failed else 0
 
 
 def _summarize_outputs(config, server: PrefectServer | None) -> None:
+    """The outputs that exist (a failed run lists only what it wrote before failing)."""
     report = config.report_dir
-    _print("\noutputs:")
-    for label, path in [
+    outputs = [(label, path) for label, path in [
         ("all metric rows (Parquet)", report / "metrics_all.parquet"),
         ("summary table (Parquet)", report / "summary.parquet"),
         ("summary table (CSV)", report / "summary.csv"),
         ("paper-style table (Markdown)", report / "summary.md"),
         ("report (Markdown)", report / "report.md"),
-    ]:
-        _print(f"  {label:30s} {path}" + ("" if path.exists() else "  (missing)"))
-    for plot in sorted(report.glob("*.png")):
-        _print(f"  {'plot':30s} {plot}")
-    _print(f"  {'per-item tables':30s} {config.items_dir}/scan*-*view/metrics.parquet")
+    ] if path.exists()]
+    outputs += [("plot", plot) for plot in sorted(report.glob("*.png"))]
+    items = sorted(config.items_dir.glob("scan*-*view/metrics.parquet")) if config.items_dir.is_dir() else []
+    if items:
+        outputs.append(("per-item tables", f"{config.items_dir}/scan*-*view/metrics.parquet ({len(items)})"))
+    _print("\noutputs:" if outputs else "\nno outputs were written")
+    for label, path in outputs:
+        _print(f"  {label:30s} {path}")
     if server is not None:
-        _print(f"\nPrefect UI: {server.ui_url}  (flow run '{config.name}'; artifacts: {config.name}-report, "
-               f"{config.name}-summary, {config.name}-progress)")
+        artifacts = (f"; artifacts: {config.name}-report, {config.name}-summary, {config.name}-progress"
+                     if (report / "report.md").exists() else "")
+        _print(f"\nPrefect UI: {server.ui_url}  (flow run '{config.name}'{artifacts})")
         _print("stop the server with: viewneti-pipeline server stop")
 
 

@@ -152,7 +152,7 @@ def submit_item(config: BenchmarkConfig, scan: int, n_views: int, mapper: dict) 
         evaluate = evaluate_task.with_options(**opts).submit(
             infer, item=item, out_parquet=str(item_dir / "metrics.parquet"), protocols=list(ev.protocols),
             device=ev.device, lpips_weights=ev.lpips_weights, eval_size=tuple(ev.eval_size),
-            batch_size=ev.batch_size, ledger_dir=ledger)
+            batch_size=ev.batch_size, ledger_dir=ledger, views_chosen=config.views is not None)
     return {"fit": fit, "infer": infer, "evaluate": evaluate}
 
 

@@ -279,5 +279,5 @@ def load_benchmark_config(path: Path | str | None = None,
                           overrides: Sequence[str] | dict[str, Any] = ()) -> BenchmarkConfig:
     """YAML file (optional) + `--section.key value` overrides -> validated BenchmarkConfig."""
     data = read_yaml(path) if path is not None else {}
-    tree = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    tree = overrides if isinstance(overrides, dict) else parse_overrides(overrides, BenchmarkConfig)
     return validate_benchmark(deep_merge(data, tree))

@@ -22,6 +22,7 @@ def evaluate_task(
     eval_size: tuple[int, int],
     batch_size: int,
     ledger_dir: str,
+    views_chosen: bool = False,
 ) -> dict:
     import pandas as pd
 
@@ -34,7 +35,7 @@ def evaluate_task(
         path = evaluate_predictions(
             Path(inference["out_dir"]), Path(out_parquet), protocols=tuple(protocols),
             device=str(resolve_device(device)), lpips_weights=lpips_weights, run_name=item,
-            eval_size=tuple(eval_size), batch_size=batch_size,
+            eval_size=tuple(eval_size), batch_size=batch_size, progress=False, views_chosen=views_chosen,
         )
     rows = pd.read_parquet(path)
     means = rows.groupby("protocol")[["psnr", "ssim", "lpips"]].mean().round(4)

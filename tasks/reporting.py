@@ -96,7 +96,7 @@ def summary_table_artifact(key: str, summary_parquet: Path, description: str) ->
     import pandas as pd
 
     frame = pd.read_parquet(summary_parquet)
-    columns = [c for c in ("protocol", "n_views", "weights", "masked", "lpips_backbone", "psnr_mean", "ssim_mean",
+    columns = [c for c in ("views", "protocol", "n_views", "weights", "masked", "lpips_backbone", "psnr_mean", "ssim_mean",
                            "lpips_mean", "psnr_std_scans", "ssim_std_scans", "lpips_std_scans", "n_scans",
                            "n_seeds", "step", "eval_height", "eval_width") if c in frame.columns]
     rows = [{c: _clean(v) for c, v in row.items()} for row in frame[columns].to_dict(orient="records")]
@@ -133,6 +133,7 @@ def report_markdown(
         summary_md = Path(aggregate["summary_md"]).read_text()
         body = [line for line in summary_md.splitlines()
                 if not line.startswith("# ") and not line.startswith("**RANDOM WEIGHTS")]  # ours is above
+        body = [f"#{line}" if line.startswith("## ") else line for line in body]  # nest under our heading
         lines += ["## Novel view synthesis on DTU (paper-style)", "", *body, ""]
         plots = " · ".join(_link(p) for p in aggregate["plots"])
         lines += ["## Tables and plots", "",

@@ -1,50 +1,34 @@
 """Training tasks: mode-3 pretraining of the view mapper and mode-5 fitting of one (scan, n_views) item.
 
 Both resume from the run's last checkpoint when one exists (a crashed or preempted attempt loses at
-most `log.save_steps` steps) and start over only when the run's saved configuration differs in a way
-that makes its checkpoints meaningless.
+most `log.save_steps` steps) and start over only when the checkpoint cannot be continued under the new
+configuration: the rule of `viewneti train --resume` (`viewneti_core.checkpoints.resume_problems`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
 from prefect import task
 
 from tasks.common import fingerprint_files, ledger_entry, maybe_inject_failure, retry_transient, run_logger
 from viewneti_core.config import ViewNetiConfig
 
-# Keys that may change between an interrupted attempt and its resumption.
-RESUMABLE_CHANGES = {("optim", "max_train_steps"), ("log", "save_steps"), ("log", "checkpoints_total_limit"),
-                     ("log", "overwrite_ok"), ("log", "report_to"), ("eval",), ("run",), ("debug",)}
-
-
-def _comparable(tree: dict) -> dict:
-    tree = json.loads(json.dumps(tree, default=str))
-    for path in RESUMABLE_CHANGES:
-        node = tree
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    return tree
-
 
 def _resume_mode(config: ViewNetiConfig, logger) -> tuple[ViewNetiConfig, str | None]:
     """('latest', same config) to continue a compatible run, else (config with overwrite_ok, None)."""
-    from viewneti_core.checkpoints import list_checkpoints
+    from viewneti_core.checkpoints import list_checkpoints, resume_problems
     from viewneti_core.training import run_dir_of
 
     run_dir = run_dir_of(config)
     checkpoints = list_checkpoints(run_dir)
     if checkpoints:
-        saved = run_dir / "config.yaml"
-        previous = yaml.safe_load(saved.read_text()) if saved.is_file() else None
-        if previous is not None and _comparable(previous) == _comparable(config.model_dump(mode="json")):
+        problems = resume_problems(checkpoints[-1], config.model_dump(mode="json"))
+        if not problems:
             logger.info("resuming %s from %s", run_dir, checkpoints[-1].name)
             return config, "latest"
-        logger.warning("%s holds checkpoints of a different configuration; starting over", run_dir)
+        logger.warning("%s holds checkpoints of a different configuration (%s); starting over", run_dir,
+                       "; ".join(problems))
     elif run_dir.exists() and any(run_dir.iterdir()):
         logger.info("%s has no checkpoint yet (an earlier attempt stopped early); starting over", run_dir)
     return config.model_copy(update={"log": config.log.model_copy(update={"overwrite_ok": True})}), None

@@ -1,6 +1,7 @@
 """Checkpoints: atomic layout, pruning, exact restore of optimizer/scheduler/RNG, no pickle."""
 
 import json
+import os
 import random
 
 import numpy as np
@@ -8,14 +9,18 @@ import pytest
 import torch
 from diffusers.optimization import get_scheduler
 
+from viewneti_core import atomic_files
 from viewneti_core.checkpoints import (
     TrainingState,
+    config_differences,
     list_checkpoints,
     load_checkpoint_mappers,
     load_training_state,
     resolve_checkpoint,
+    resume_problems,
     save_checkpoint,
 )
+from viewneti_core.config import ViewNetiConfig
 from viewneti_core.mappers import build_mapper
 
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")  # pickle protocols, torch zip
@@ -106,3 +111,62 @@ def test_no_checkpoint_file_is_a_pickle(tmp_path, camera_normalization):
         if path.is_file():
             assert path.suffix in (".json", ".safetensors"), path
             assert not path.read_bytes()[:4].startswith(PICKLE_MAGIC), path
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoint_files_share_the_umask_modes(tmp_path, camera_normalization, umask):
+    """safetensors creates its files 0600: every file of a checkpoint gets 0666 & ~umask like the JSON."""
+    mappers, _, optimizer, scheduler = _setup(camera_normalization)
+    _step(mappers, optimizer, scheduler)
+    previous = os.umask(umask)
+    try:
+        ckpt = save_checkpoint(tmp_path, 1, mappers, {}, optimizer, scheduler, TrainingState(1, 0, 1))
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(ckpt).as_posix(): oct(p.stat().st_mode & 0o777) for p in ckpt.rglob("*") if p.is_file()}
+    assert len(modes) == 7 and set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the umask from /proc")
+def test_the_umask_is_read_without_setting_it(monkeypatch):
+    """os.umask sets the mask: another thread creating a file meanwhile would get the temporary one."""
+    previous = os.umask(0o037)
+    try:
+        def no_umask(mask):
+            raise AssertionError("os.umask called: it changes the process umask for every thread")
+
+        monkeypatch.setattr(atomic_files.os, "umask", no_umask)
+        assert atomic_files.current_umask() == 0o037
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+
+
+def _run_config(**sections) -> dict:
+    return ViewNetiConfig.model_validate({"learnable_mode": 2, **sections}).model_dump(mode="json")
+
+
+def test_resume_rule_names_what_makes_a_checkpoint_meaningless(tmp_path, camera_normalization):
+    """One rule for `viewneti train --resume` and the pipeline's retries (tasks/training.py)."""
+    mappers, _, optimizer, scheduler = _setup(camera_normalization)
+    saved = _run_config(data={"dtu_scan": 8}, optim={"max_train_steps": 10})
+    ckpt = save_checkpoint(tmp_path, 4, mappers, {"config": saved}, optimizer, scheduler, TrainingState(4, 0, 4))
+
+    allowed = _run_config(data={"dtu_scan": 8, "dataloader_num_workers": 2},
+                          optim={"max_train_steps": 20, "mixed_precision": "bf16"},
+                          log={"save_steps": 7, "report_to": "none", "exp_dir": "elsewhere", "overwrite_ok": True},
+                          run={"device": "cuda:1"}, eval={"validation_steps": 3, "seeds": [5]})
+    assert resume_problems(ckpt, allowed) == []
+
+    changed = _run_config(data={"dtu_scan": 21, "placeholder_object_token": "<thing>"},
+                          optim={"max_train_steps": 10, "learning_rate": 0.5, "seed": 3},
+                          model={"mapper_hidden_dim": 32})
+    (problem,) = resume_problems(ckpt, changed)
+    for key in ("data.dtu_scan: 8 -> 21", 'data.placeholder_object_token: "<object>" -> "<thing>"',
+                "optim.learning_rate: 0.001 -> 0.5", "optim.seed: 0 -> 3", "model.mapper_hidden_dim: 64 -> 32"):
+        assert key in problem, (key, problem)
+    assert config_differences(saved, _run_config(learnable_mode=3, data={"dtu_scan": 8},
+                                                 optim={"max_train_steps": 10})) == ["learnable_mode: 2 -> 3"]
+
+    fewer = _run_config(data={"dtu_scan": 8}, optim={"max_train_steps": 3})
+    assert resume_problems(ckpt, fewer) == ["optim.max_train_steps 3 is below the checkpoint's step 4"]

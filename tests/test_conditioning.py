@@ -114,3 +114,35 @@ def test_object_mapper_norm_matches_super_category(model):
     expected = table[ids].norm(dim=-1).mean()
     word, _ = cond.object_mappers["<object>"](torch.tensor([3]), torch.tensor([2]))
     torch.testing.assert_close(word.norm(), expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_bypass_and_mappers_are_float32_under_bf16_autocast(model, dtu_like_cameras):
+    """Under bf16 autocast the encoder runs in bf16, but the mapper outputs and the bypass arithmetic
+    h_p + alpha * b/|b| * |h_p| stay float32 (checked on the values' difference from the keys)."""
+    cond = model.conditioner
+    ids = cond.tokenize([PROMPT], True)
+    timesteps = torch.tensor([500.0])
+    cameras = torch.tensor(dtu_like_cameras[[3]].reshape(1, 12), dtype=torch.float32)
+    seen = []
+    hook = cond.view_mapper.register_forward_hook(lambda m, i, out: seen.append([o.dtype for o in out]))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            keys, values = cond.encode(ids, timesteps, cameras)
+    finally:
+        hook.remove()
+    assert seen and all(d == torch.float32 for dtypes in seen for d in dtypes)
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 77, 8, generator=gen).to(torch.bfloat16)
+    mask = torch.zeros(2, 77, dtype=torch.bool)
+    mask[:, 5] = True
+    unit = torch.nn.functional.normalize(torch.randn(2, 8, generator=gen), dim=-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cond._add_bypasses(hidden, [(mask, unit, 5.0)])
+    h = hidden.double()
+    expected = h.clone()
+    expected[:, 5] = h[:, 5] + 5.0 * unit.double() * h[:, 5].norm(dim=-1, keepdim=True)
+    assert out.dtype == torch.bfloat16  # handed back in the encoder's dtype for its final LayerNorm
+    # one bf16 rounding of the float32 result, not the several a bf16 computation would add
+    torch.testing.assert_close(out.double(), expected.to(torch.bfloat16).double(), atol=0, rtol=0)
+    assert torch.equal(out[:, :5], hidden[:, :5])

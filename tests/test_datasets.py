@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -203,3 +204,33 @@ def test_cameras_json_folder_trains_like_a_dtu_scene(synthetic_dtu_root, tmp_pat
 def test_missing_scan_names_the_fix(synthetic_dtu_root):
     with pytest.raises(FileNotFoundError, match="viewneti data prepare --scans 8"):
         DTUSceneDataset(synthetic_dtu_root, 8, views=(25,))
+
+
+def test_a_broken_image_is_named_wherever_images_are_loaded(synthetic_dtu_root, tmp_path):
+    """Datasets, evaluation ground truth and masks: a truncated PNG raises an error naming its file."""
+    from viewneti_core.images import ImageDecodeError
+    from viewneti_core.inference import dtu_ground_truth
+    from viewneti_core.metrics import load_ground_truth, load_mask
+
+    root = tmp_path / "dtu"
+    shutil.copytree(synthetic_dtu_root / "Calibration", root / "Calibration")
+    rel = dtu.image_relpath(114, 28, 3)
+    broken = root / rel
+    broken.parent.mkdir(parents=True)
+    data = (synthetic_dtu_root / rel).read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    named = re.escape(str(broken))
+    with pytest.raises(ImageDecodeError, match=named):
+        DTUSceneDataset(root, 114, views=(28,), size=(32, 24), repeats=1)
+    with pytest.raises(ImageDecodeError, match=named):
+        dtu_ground_truth(root, 114, [28], 3)
+    with pytest.raises(ImageDecodeError, match=named):
+        load_ground_truth(broken)
+    with pytest.raises(ImageDecodeError, match=named):
+        load_mask(broken)
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(data[:200])
+    with pytest.raises(ImageDecodeError, match=re.escape(str(folder / "a.png"))):
+        ImageFolderDataset(folder, size=16, repeats=1)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
+import zipfile
 from collections import namedtuple
 
 import pytest
@@ -13,7 +15,15 @@ from fixtures.http_server import RangeServer
 from viewneti_core import download as dl
 from viewneti_core.archives import InsufficientSpaceError
 
-DATA = os.urandom(300_000)
+
+def _zip_bytes(payload: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("Rectified/payload.bin", payload)
+    return buf.getvalue()
+
+
+DATA = _zip_bytes(os.urandom(300_000))  # a real zip: `*.zip` downloads must read as one
 SHA = hashlib.sha256(DATA).hexdigest()
 FAST = {"backoff_s": 0.01, "timeout_s": 5.0, "progress": False}
 
@@ -166,3 +176,76 @@ def test_fetch_url_goes_to_cache_with_digest(server, tmp_path):
     fetched = dl.fetch(url, tmp_path / "cache", **FAST)
     assert fetched.path == tmp_path / "cache" / "Some File.zip"
     assert fetched.downloaded and fetched.sha256 == SHA and fetched.size == len(DATA)
+
+
+# ---- what is never published (issue 14, item 1) ------------------------------------------------
+
+
+def test_html_page_served_with_200_is_not_published(server, tmp_path):
+    url = server.add("/a.zip", b"<!DOCTYPE html>\n<html><body>Please log in</body></html>\n")
+    server.state.content_types["/a.zip"] = "text/html; charset=utf-8"
+    with pytest.raises(dl.ChecksumMismatchError, match=r"HTML page \(Content-Type text/html"):
+        dl.download(url, tmp_path / "a.zip", **FAST)
+    assert list(tmp_path.iterdir()) == []
+    assert len(server.state.requests) == 1  # not retried: the same page would come back
+
+    server.add("/a.zip", DATA)  # the server is healthy again: a later run succeeds
+    del server.state.content_types["/a.zip"]
+    assert dl.download(url, tmp_path / "a.zip", **FAST).read_bytes() == DATA
+
+
+def test_a_url_without_zip_name_is_checked_when_a_zip_is_expected(server, tmp_path):
+    url = server.add("/get", b"<html>not found</html>")
+    with pytest.raises(dl.ChecksumMismatchError, match="HTML page"):
+        dl.fetch(url, tmp_path, expect_zip=True, **FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dropped_connection_without_content_length_is_resumed_not_published(server, tmp_path):
+    url = server.add("/a.zip", DATA)
+    server.state.no_length = True
+    server.state.cut_after = [100_000]
+    dest = dl.download(url, tmp_path / "a.zip", **FAST)  # the cut body is not a zip: ask for the rest
+    assert dest.read_bytes() == DATA
+    assert [(r.status, r.range) for r in server.state.requests] == [(200, None), (206, "bytes=100000-")]
+
+    # The same, with the retry failing: nothing at the final path; the next run resumes and succeeds.
+    server.state.requests.clear()
+    other = tmp_path / "later" / "a.zip"
+    server.state.cut_after = [100_000]
+    server.state.fail_with = [0, 503]
+    with pytest.raises(dl.DownloadError, match="resumes"):
+        dl.download(url, other, retries=0, **FAST)
+    assert not other.exists() and other.with_name("a.zip.part").stat().st_size == 100_000
+    assert dl.download(url, other, sha256=SHA, retries=0, **FAST).read_bytes() == DATA
+
+
+def test_truncated_archive_without_content_length_is_deleted(server, tmp_path):
+    """The server's own copy ends early: once it says there is no more (416), the file is refused."""
+    url = server.add("/a.zip", DATA[:100_000])
+    server.state.no_length = True
+    with pytest.raises(dl.ChecksumMismatchError, match="not a readable zip archive"):
+        dl.download(url, tmp_path / "a.zip", **FAST)
+    assert list(tmp_path.iterdir()) == []
+    assert [r.status for r in server.state.requests] == [200, 416]
+
+
+def test_body_always_shorter_than_announced_is_not_published(server, tmp_path):
+    url = server.add("/a.zip", DATA)
+    server.state.ignore_range = True
+    server.state.cut_after = [50_000] * 5
+    with pytest.raises(dl.DownloadError, match="50000 of"):
+        dl.download(url, tmp_path / "a.zip", retries=1, **FAST)
+    assert not (tmp_path / "a.zip").exists()
+    server.state.cut_after.clear()
+    assert dl.download(url, tmp_path / "a.zip", sha256=SHA, **FAST).read_bytes() == DATA
+
+
+def test_cached_file_that_is_not_a_zip_is_dropped_and_fetched_again(server, tmp_path):
+    """What an earlier version could publish (an HTML page) is replaced, even without a known sha256."""
+    url = server.add("/a.zip", DATA)
+    (tmp_path / "a.zip").write_bytes(b"<html>portal</html>")
+    assert dl.download(url, tmp_path / "a.zip", **FAST).read_bytes() == DATA
+    assert len(server.state.requests) == 1
+    assert dl.download(url, tmp_path / "a.zip", **FAST).read_bytes() == DATA
+    assert len(server.state.requests) == 1  # a readable cached zip is reused

@@ -87,3 +87,23 @@ def test_bad_cameras_are_rejected(camera_normalization):
         mapper(t, layer, None)
     with pytest.raises(ValueError, match="camera normalisation"):
         build_mapper("view", 16, 1.0, token="<view>", super_category_token="view")
+
+
+def test_mappers_run_in_float32_under_bf16_autocast(camera_normalization):
+    """Training under bf16 autocast must compute the same mapper outputs as float32 inference."""
+    mapper = build_mapper("view", 64, 0.37, token="<view>", super_category_token="view",
+                          camera_normalization=camera_normalization)
+    t = torch.tensor([999, 966, 933, 33, 0])  # adjacent sampling timesteps differ by 33
+    layers = torch.tensor([0, 3, 7, 11, 15])
+    cams = torch.randn(5, 12, generator=torch.Generator().manual_seed(0)) * 100
+    with torch.no_grad():
+        expected = mapper(t, layers, cams)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = mapper(t, layers, cams)
+            # what the mapper would compute if autocast reached it: bf16 linear layers
+            leaked = mapper.net(mapper.fourier(torch.cat(
+                [(t.float() / 1000 * 2 - 1)[:, None], (layers.float() / 16 * 2 - 1)[:, None],
+                 normalize_cameras(cams, mapper.camera_min, mapper.camera_max)], dim=-1)))
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+    assert leaked.dtype == torch.bfloat16  # the guard: autocast really would change the computation

@@ -57,6 +57,7 @@ def tiny_config(run_dir: Path, sources: list[str], model: Path, **top) -> dict:
     common_eval = {"num_denoising_steps": 2, "width": 32, "height": 24, "seeds": [0, 1], "eval_batch_size": 4,
                    "validation_steps": 1000, "final_validation": False}
     optim = {"max_train_steps": 2, "train_batch_size": 1, "gradient_accumulation_steps": 1, "mixed_precision": "no"}
+    run = {"device": "cpu"}  # explicit, not "auto": the same on a machine with a GPU
     config = {
         "name": "test-bench",
         "run_dir": str(run_dir),
@@ -64,10 +65,10 @@ def tiny_config(run_dir: Path, sources: list[str], model: Path, **top) -> dict:
         "n_views": [1, 3],
         "views": [25, 1],  # a training view and a DTU test view
         "data": {"sources": sources},
-        "pretrain": {"learnable_mode": 3, "model": {"pretrained_model_name_or_path": str(model)},
+        "pretrain": {"learnable_mode": 3, "run": run, "model": {"pretrained_model_name_or_path": str(model)},
                      "data": {"dtu_pretrain_scans": PRETRAIN_SCANS, "dtu_subset": 0, "width": 32, "height": 24},
                      "log": {"save_steps": 1, "report_to": "none"}, "optim": optim, "eval": common_eval},
-        "fit": {"learnable_mode": 5, "model": {"pretrained_model_name_or_path": str(model)},
+        "fit": {"learnable_mode": 5, "run": run, "model": {"pretrained_model_name_or_path": str(model)},
                 "data": {"width": 32, "height": 24}, "log": {"save_steps": 1, "report_to": "none"},
                 "optim": optim, "eval": common_eval},
         "evaluation": {"lpips_weights": "random", "device": "cpu", "eval_size": [24, 32], "batch_size": 8},
@@ -109,18 +110,20 @@ def test_config_files_validate_and_deployment_params_match():
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"fit": {"optim": {"max_train_stepz": 2}}}, "max_train_stepz"),
-    ({"fit": {"optim": {"max_train_steps": -3}}}, "max_train_steps"),
-    ({"n_views": [1, 2]}, "n_views"),
+    ({"fit": {"optim": {"max_train_stepz": 2}}}, "config.fit.optim.max_train_stepz: Extra inputs are not permitted"),
+    ({"fit": {"optim": {"max_train_steps": -3}}}, "config.fit.optim.max_train_steps: Input should be greater than 0"),
+    ({"n_views": [1, 2]}, "config.n_views.1: Input should be 1, 3, 6 or 9"),
 ])
 def test_invalid_parameters_rejected_before_any_work(prefect_server, tmp_path, change, message):  # noqa: F811
+    from prefect.exceptions import ParameterTypeError
+
     from flows.benchmark import dtu_benchmark
     from viewneti_core.config import deep_merge
 
     config = deep_merge(tiny_config(tmp_path / "run", ["http://127.0.0.1:9/none.zip"], tmp_path / "m"), change)
-    with pytest.raises(Exception) as err:  # noqa: B017 - Prefect's ParameterTypeError wraps pydantic's
+    with pytest.raises(ParameterTypeError) as err:  # Prefect's wrapper of the pydantic validation error
         dtu_benchmark(config=config)
-    assert message in str(err.value)
+    assert str(err.value).splitlines() == ["Flow run received invalid parameters:", f" - {message}"]
     assert not (tmp_path / "run").exists(), "nothing may be written before validation passed"
 
 
@@ -146,11 +149,14 @@ def test_missing_model_or_lpips_weights_fail_before_data_preparation(prefect_ser
 
 
 def test_per_scan_rejects_n_views_outside_protocol(prefect_server, tmp_path):  # noqa: F811
+    from prefect.exceptions import ParameterTypeError
+
     from flows.per_scan import per_scan_flow
 
-    with pytest.raises(Exception) as err:  # noqa: B017
+    with pytest.raises(ParameterTypeError) as err:
         per_scan_flow(scan=114, n_views=2, config=tiny_config(tmp_path / "run", ["x"], tmp_path / "m"))
-    assert "n_views" in str(err.value)
+    assert str(err.value).splitlines() == ["Flow run received invalid parameters:",
+                                           " - n_views: Input should be 1, 3, 6 or 9"]
     assert not (tmp_path / "run").exists()
 
 
@@ -164,29 +170,27 @@ def benchmark_run(prefect_server, archive_server, tiny_model, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("bench") / "run"
     config = tiny_config(run_dir, archive_server.sources, tiny_model)
-    # Pin the code part of the cache keys: the default (a hash of the sources) would rightly invalidate
-    # everything if someone edits viewneti_core between the two runs.
-    os.environ[CODE_VERSION_ENV] = f"test-{time.time()}"
-    # scan114-3view: crashes for good right after training step 1 (its checkpoint-1 exists);
-    # scan21-3view: the first inference attempt fails (transient), the retry succeeds.
-    os.environ[FAIL_ITEMS_ENV] = "scan114-3view@fit+1,scan21-3view@infer:once"
-    try:
+    with pytest.MonkeyPatch.context() as env:  # undone when the fixture returns, whatever happens
+        # Pin the code part of the cache keys: the default (a hash of the sources) would rightly invalidate
+        # everything if someone edits viewneti_core between the two runs.
+        env.setenv(CODE_VERSION_ENV, f"test-{time.time()}")
+        # scan114-3view: crashes for good right after training step 1 (its checkpoint-1 exists);
+        # scan21-3view: the first inference attempt fails (transient), the retry succeeds.
+        env.setenv(FAIL_ITEMS_ENV, "scan114-3view@fit+1,scan21-3view@infer:once")
         t0 = time.monotonic()
         first = dtu_benchmark(config=config, return_state=True)
         first_s = time.monotonic() - t0
-    finally:
-        del os.environ[FAIL_ITEMS_ENV]
-    ledger = BenchmarkConfig.model_validate(config).ledger_dir
-    after_first = executions(ledger)
-    first_entries = read_ledger(ledger)
-    crashed = run_dir / "items" / "scan114-3view"
-    crashed_item = {"checkpoints": sorted(p.name for p in (crashed / "checkpoints").glob("checkpoint-*")),
-                    "metrics": (crashed / "metrics.parquet").exists()}
-    t0 = time.monotonic()
-    second = dtu_benchmark(config=config, return_state=True)
-    second_s = time.monotonic() - t0
+        env.delenv(FAIL_ITEMS_ENV)
+        ledger = BenchmarkConfig.model_validate(config).ledger_dir
+        after_first = executions(ledger)
+        first_entries = read_ledger(ledger)
+        crashed = run_dir / "items" / "scan114-3view"
+        crashed_item = {"checkpoints": sorted(p.name for p in (crashed / "checkpoints").glob("checkpoint-*")),
+                        "metrics": (crashed / "metrics.parquet").exists()}
+        t0 = time.monotonic()
+        second = dtu_benchmark(config=config, return_state=True)
+        second_s = time.monotonic() - t0
     print(f"benchmark run 1 (with faults): {first_s:.0f} s, run 2 (resume): {second_s:.0f} s")
-    del os.environ[CODE_VERSION_ENV]
     return {"config": config, "run_dir": run_dir, "first": first, "second": second, "ledger": ledger,
             "after_first": after_first, "first_entries": first_entries, "archive_server": archive_server,
             "crashed_item": crashed_item}
@@ -276,19 +280,16 @@ def test_ui_artifacts_and_core_logs_reach_the_server(benchmark_run):
 # ---- a Dask worker lost mid-run ---------------------------------------------------------------------------
 
 
-def test_worker_lost_mid_run_keeps_finished_results(benchmark_run, tmp_path):
+def test_worker_lost_mid_run_keeps_finished_results(benchmark_run, tmp_path, monkeypatch):
     """A worker process dies (os._exit) in the middle of an item's training: Dask's nanny restarts it,
     the scheduler re-runs the lost task, the item resumes from its last checkpoint, and nothing that had
     finished -- on the lost worker or elsewhere -- is executed again."""
     from flows.benchmark import dtu_benchmark
 
     config = config_reusing(benchmark_run, tmp_path / "run", name="worker-loss")
-    os.environ[CODE_VERSION_ENV] = f"test-{time.time()}"
-    os.environ[FAIL_ITEMS_ENV] = "scan114-3view@fit+1:kill"
-    try:
-        state = dtu_benchmark(config=config, return_state=True)
-    finally:
-        del os.environ[FAIL_ITEMS_ENV], os.environ[CODE_VERSION_ENV]
+    monkeypatch.setenv(CODE_VERSION_ENV, f"test-{time.time()}")
+    monkeypatch.setenv(FAIL_ITEMS_ENV, "scan114-3view@fit+1:kill")
+    state = dtu_benchmark(config=config, return_state=True)
     assert state.is_completed(), state.message
 
     ledger = BenchmarkConfig.model_validate(config).ledger_dir

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import logging
 import shutil
 import stat
 import zipfile
+import zlib
 from collections import namedtuple
 from pathlib import Path
 
@@ -18,12 +20,22 @@ from fixtures.http_server import RangeServer
 from PIL import Image
 
 from viewneti_core import dtu
-from viewneti_core.archives import InsufficientSpaceError, UnsafeArchiveError, extract_members
+from viewneti_core.archives import (
+    ArchiveLimitError,
+    CorruptArchiveError,
+    DestinationError,
+    ExtractionLimits,
+    InsufficientSpaceError,
+    UnsafeArchiveError,
+    extract_members,
+)
+from viewneti_core.download import DownloadError
 from viewneti_core.prepare import (
     MANIFEST_COLUMNS,
     MissingCalibrationError,
     MissingScanError,
     PrepareError,
+    TreeValidationError,
     add_prepare_arguments,
     parse_scans,
     prepare_dtu,
@@ -336,3 +348,193 @@ def _archive_paths(info) -> list[Path]:
     else:
         values = [v for v in vars(info).values() if isinstance(v, (str, Path))]
     return [Path(v) for v in values if str(v).endswith(".zip")]
+
+
+# ---- hardening (issue 14, items 1-5 and 13) ----------------------------------------------------
+
+
+def _member_data_offset(path: Path, name: str) -> tuple[int, zipfile.ZipInfo]:
+    """Byte offset of a member's (compressed) data, read from its local header."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        header = fh.read(30)
+    name_len, extra_len = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+    return info.header_offset + 30 + name_len + extra_len, info
+
+
+def _patch(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+
+
+def _no_data_written(out: Path) -> bool:
+    return _data_files(out) == set() and not [p for p in out.rglob("*.tmp")]
+
+
+def test_prepare_over_http_recovers_from_an_html_page(archives, tmp_path):
+    """An HTML page served with 200 is not cached as Rectified.zip; a later run against a healthy
+    server succeeds."""
+    with RangeServer() as srv:
+        urls = [srv.add(f"/MVS/{p.name}", p) for p in archives.values()]
+        srv.add("/MVS/Rectified.zip", b"<!doctype html><html><title>Maintenance</title></html>")
+        out = tmp_path / "dtu"
+        with pytest.raises(DownloadError, match="HTML page"):
+            prepare_dtu(urls, [8], out, backoff_s=0.01, timeout_s=5, progress=False)
+        assert not (out / ".downloads" / "Rectified.zip").exists()
+        srv.add("/MVS/Rectified.zip", archives["rectified"])
+        result = prepare_dtu(urls, [8], out, backoff_s=0.01, timeout_s=5, progress=False)
+    assert result.n_images == 49
+
+
+def test_zip_bomb_ratio_is_refused_before_writing(tmp_path, archives):
+    member = dtu.image_relpath(8, 0, 3)
+    bomb = tmp_path / "Rectified.zip"
+    write_rectified(bomb, scans=(8,))
+    with zipfile.ZipFile(bomb) as zf:
+        entries = [(i, zf.read(i)) for i in zf.infolist() if i.filename != member]
+    with zipfile.ZipFile(bomb, "w") as zf:
+        for info, data in entries:
+            zf.writestr(info, data)
+        zf.writestr(member, b"\0" * (2 << 20), compress_type=zipfile.ZIP_DEFLATED)  # ~2 KiB -> 2 MiB
+    out = tmp_path / "dtu"
+    with pytest.raises(ArchiveLimitError, match=r"ratio \d+, limit 100") as err:
+        prepare_dtu([str(bomb), str(archives["sampleset"])], [8], out, progress=False)
+    assert repr(member) in str(err.value)
+    assert _no_data_written(out)
+
+
+def test_member_size_limit_is_configurable_and_checked_first(tmp_path, archives):
+    out = tmp_path / "dtu"
+    with pytest.raises(ArchiveLimitError, match="over the limit"):
+        prepare_dtu(_sources(archives), [8], out, progress=False,
+                    limits=ExtractionLimits(max_member_bytes=len(_image_bytes(8, 0, 3)) - 1))
+    assert _no_data_written(out)
+
+
+def test_member_inflating_beyond_its_declared_size_is_stopped(tmp_path):
+    """zipfile alone would stop silently at the declared size (and a crafted CRC would match)."""
+    payload = bytes(range(256)) * 800  # 200 KiB, ratio ~1: only the declared size is wrong
+    declared = 50_000
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.bin", payload)
+    # One member: its local header is at 0, its central directory entry is the last one.
+    central = archive.read_bytes().rindex(b"PK\x01\x02")
+    for field_at, value in ((14, zlib.crc32(payload[:declared])), (22, declared)):  # CRC-32, size
+        _patch(archive, field_at, value.to_bytes(4, "little"))
+        _patch(archive, central + field_at + 2, value.to_bytes(4, "little"))
+
+    out = tmp_path / "out"
+    with pytest.raises(ArchiveLimitError, match=f"'big.bin' of .*a.zip yields more than its declared {declared}"):
+        extract_members(archive, {"big.bin": "x/big.bin"}, out)
+    assert not (out / "x" / "big.bin").exists() and list((out / "x").iterdir()) == []  # temp file removed
+
+
+def test_member_with_bad_crc_names_member_and_path(tmp_path, archives):
+    member = dtu.image_relpath(8, 3, 3)
+    broken = write_rectified(tmp_path / "Rectified.zip", scans=(8,))
+    offset, _ = _member_data_offset(broken, member)  # stored: flip a data byte, the CRC no longer holds
+    _patch(broken, offset + 20, bytes([broken.read_bytes()[offset + 20] ^ 0xFF]))
+    out = tmp_path / "dtu"
+    with pytest.raises(CorruptArchiveError, match="CRC-32") as err:
+        prepare_dtu([str(broken), str(archives["sampleset"])], [8], out, progress=False)
+    assert repr(member) in str(err.value) and str(out / member) in str(err.value)
+    assert not (out / member).exists() and not [p for p in out.rglob("*.tmp")]
+    assert not (out / "prepare_stamp.json").exists()
+
+
+def test_directory_in_place_of_a_file_is_a_clear_error(tmp_path, archives):
+    out = tmp_path / "dtu"
+    blocked = out / dtu.image_relpath(8, 0, 3)
+    blocked.mkdir(parents=True)
+    with pytest.raises(DestinationError, match="is a directory where a file is expected") as err:
+        prepare_dtu(_sources(archives), [8], out, progress=False)
+    assert str(blocked) in str(err.value)
+    assert _data_files(out) == set()  # checked before anything was written
+
+    # a directory entry mapped as a file is refused too, naming the member
+    archive = tmp_path / "dirs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("Rectified/scan8/rect_001_3_r5000.png/", b"")
+    with pytest.raises(CorruptArchiveError, match="'Rectified/scan8/rect_001_3_r5000.png/' .* is a directory"):
+        extract_members(archive, {"Rectified/scan8/rect_001_3_r5000.png/": "x.png"}, tmp_path / "low")
+
+
+def test_symlinks_inside_the_output_tree_are_not_written_through(tmp_path, archives):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "dtu"
+    out.mkdir()
+    (out / "Rectified").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DestinationError, match="symbolic link"):
+        prepare_dtu(_sources(archives), [8], out, progress=False)
+    assert list(outside.iterdir()) == []
+
+    (out / "Rectified").unlink()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    camera = out / dtu.camera_relpath(0)
+    camera.parent.mkdir(parents=True)
+    camera.symlink_to(victim)
+    with pytest.raises(DestinationError, match="symbolic link"):
+        prepare_dtu(_sources(archives), [8], out, progress=False)
+    assert victim.read_text() == "keep me" and camera.is_symlink()
+
+
+def test_symlinks_inside_a_directory_source_are_not_copied_from(tmp_path, archives):
+    extracted = tmp_path / "extracted"
+    for path in archives.values():
+        with zipfile.ZipFile(path) as zf:
+            zf.extractall(extracted)  # trusted test data
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(_png(999))  # decodes fine: only the symlink check can stop it
+    image = extracted / dtu.image_relpath(8, 4, 3)
+    image.unlink()
+    image.symlink_to(secret)
+    out = tmp_path / "dtu"
+    with pytest.raises(UnsafeArchiveError, match="symbolic link") as err:
+        prepare_dtu([str(extracted)], [8], out, progress=False)
+    assert str(image) in str(err.value)
+    assert _data_files(out) == set()
+
+
+def _broken_png(kind: str) -> bytes:
+    data = _png(5, size=(40, 30))
+    if kind == "truncated":
+        return data[: len(data) // 2]
+    idat = data.index(b"IDAT")
+    length = int.from_bytes(data[idat - 4:idat], "big")
+    crc_at = idat + 4 + length  # PIL decodes past a bad IDAT CRC; only a verify finds it
+    return data[:crc_at] + bytes([data[crc_at] ^ 0x01]) + data[crc_at + 1:]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "bad-idat-crc"])
+def test_validation_catches_undecodable_images(tmp_path, archives, kind):
+    member = dtu.image_relpath(8, 7, 3)
+    broken = write_rectified(tmp_path / "Rectified.zip", scans=(8,), skip=(8, 7),
+                             extra={member: _broken_png(kind)})
+    out = tmp_path / "dtu"
+    with pytest.raises(TreeValidationError, match="does not decode") as err:
+        prepare_dtu([str(broken), str(archives["sampleset"])], [8], out, progress=False)
+    assert str(out / member) in str(err.value)
+    assert not (out / "prepare_stamp.json").exists()
+
+
+def test_cli_accepts_several_sources_after_one_flag(archives, tmp_path, capsys):
+    from viewneti_core.cli import main
+
+    out = tmp_path / "dtu"
+    assert main(["data", "prepare", "--source", *_sources(archives), "--scans", "8", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "prepared 1 scan(s), 49 images" in capsys.readouterr().out
+    stamp = json.loads((out / "prepare_stamp.json").read_text())
+    assert [s["source"] for s in stamp["sources"]] == _sources(archives)
+    # mixed with the repeated form
+    parser = argparse.ArgumentParser()
+    add_prepare_arguments(parser)
+    a, b, c = _sources(archives)
+    args = parser.parse_args(["--source", a, b, "--source", c, "--scans", "8", "--out", str(out)])
+    assert args.source == [a, b, c]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ from viewneti_core.cli import main as cli_main
 from viewneti_core.conditioning import VIEW_MAPPER_KEY
 from viewneti_core.config import ConfigError, ViewNetiConfig, load_config
 from viewneti_core.mappers import MapperConfig, NeTIMapper, save_mapper
+from viewneti_core.sd_models import load_components
 from viewneti_core.training import TrainingSetupError, train
+from viewneti_core.training_data import build_training_data
 
 
 def _data_root(mode: int, synthetic_dtu_root: Path, image_folder: Path) -> Path:
@@ -90,15 +93,92 @@ def test_kill_and_resume_matches_an_uninterrupted_run(mode, synthetic_dtu_root, 
     with pytest.raises(Killed):
         train(config, on_step_end=kill_at_step_3, progress=False)
     assert [p.name for p in list_checkpoints(tmp_path / "killed")] == ["checkpoint-2"]
+    assert _metric_steps(tmp_path / "killed") == [1, 2, 3]
     resumed = train(config, resume="latest", progress=False)
 
     assert resumed.steps == 6
+    assert _metric_steps(tmp_path / "killed") == [1, 2, 3, 4, 5, 6]  # step 3 of the killed run is not kept twice
     assert resumed.losses == pytest.approx(full.losses[2:], abs=0)  # steps 3..6 replayed identically
     want, got = load_checkpoint_mappers(full.final_checkpoint), load_checkpoint_mappers(resumed.final_checkpoint)
     assert sorted(want) == sorted(got)
     for key in want:
         for name, tensor in want[key].state_dict().items():
             assert torch.equal(tensor, got[key].state_dict()[name]), (key, name)
+
+
+def _metric_steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_refuses_a_configuration_that_makes_the_checkpoint_meaningless(synthetic_dtu_root, tiny_model_dir,
+                                                                             tmp_path, capsys):
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "scan114",
+                         optim={"max_train_steps": 2}, log={"save_steps": 2}, eval={"final_validation": False})
+    train(config, progress=False)
+    run_dir = tmp_path / "scan114"
+    before = {name: (run_dir / name).read_text() for name in ("config.yaml", "metrics.jsonl")}
+
+    code = cli_main(["train", "--config", str(run_dir / "config.yaml"), "--resume", "latest",
+                     "--data.dtu_scan", "21", "--optim.learning_rate", "0.5", "--model.mapper_hidden_dim", "32"])
+    assert code == 2
+    err = capsys.readouterr().err
+    for key in ("data.dtu_scan: 114 -> 21", "optim.learning_rate: 0.01 -> 0.5", "model.mapper_hidden_dim: 64 -> 32"):
+        assert key in err, (key, err)
+    with pytest.raises(TrainingSetupError, match=r"optim\.max_train_steps 1 is below the checkpoint's step 2"):
+        train(config.model_copy(update={"optim": config.optim.model_copy(update={"max_train_steps": 1})}),
+              resume="latest", on_step_end=_never, progress=False)
+    assert {name: (run_dir / name).read_text() for name in before} == before  # nothing written
+
+    more = load_config(run_dir / "config.yaml", ["--optim.max_train_steps", "3", "--log.save_steps", "5",
+                                                 "--log.report_to", "none", "--run.device", "cpu"])
+    resumed = train(more, resume="latest", progress=False)
+    assert resumed.steps == 3 and len(resumed.losses) == 1
+    assert _metric_steps(run_dir) == [1, 2, 3]
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "early", optim={"max_train_steps": 4})
+
+    def kill(step: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_step_end=kill, progress=False)
+    with pytest.raises(TrainingSetupError, match=r"holds no checkpoint yet .* set log\.overwrite_ok true .* "
+                                                 r"choose another log\.exp_name"):
+        train(config, resume="latest", on_step_end=_never, progress=False)
+
+
+def test_optim_seed_seeds_numpy_and_python_random(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    """Whatever the global RNGs held before, a seeded run draws the same numbers from them."""
+    draws = []
+    for name, garbage in (("a", 1), ("b", 2)):
+        np.random.seed(garbage)
+        random.seed(garbage)
+        config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, name, optim={"max_train_steps": 1},
+                             eval={"final_validation": False})
+        train(config, on_step_end=lambda step: draws.append((np.random.rand(), random.random())), progress=False)
+    assert draws[0] == draws[1]
+
+
+def test_placeholder_already_in_the_tokenizer(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    """A token the tokenizer already has would be replaced by the mapper wherever it occurs."""
+    from transformers import AddedToken
+
+    components = load_components(tiny_model_dir)
+    components.tokenizer.add_tokens([AddedToken("<object>", special=True)])
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "taken_token")
+    with pytest.raises(TrainingSetupError, match="placeholder token.s. <object> already exist in the tokenizer"):
+        train(config, components=components, on_step_end=_never, progress=False)
+    assert not (tmp_path / "taken_token").exists()
+
+
+def test_a_scan_directory_as_train_data_dir(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    """The original's form `--data.train_data_dir .../Rectified/scan114` reads the tree and scan 114."""
+    config = make_config(synthetic_dtu_root / "Rectified" / "scan114", tiny_model_dir, tmp_path, 2, "x")
+    assert (config.data.train_data_dir, config.data.dtu_scan) == (synthetic_dtu_root, 114)
+    data = build_training_data(config)
+    assert len(data.dataset.images) == 3  # dtu_subset 3 of scan 114
 
 
 def test_checkpoints_need_no_pickle_and_hold_what_inference_needs(synthetic_dtu_root, tiny_model_dir, pretrained_run):
@@ -265,7 +345,10 @@ def test_data_parallel_pretraining_with_two_processes(synthetic_dtu_root, tiny_m
         "optim: {max_train_steps: 2, gradient_accumulation_steps: 1, seed: 0}\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "viewneti_core.cli",
+        # --standalone: the rendezvous store binds a free port itself (not the default master port 29500,
+        # which a concurrent test session or another job on the machine may hold).
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+         "viewneti_core.cli",
          "train", "--config", str(config_file)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

@@ -1,70 +1,78 @@
-"""Training augmentations of DTU images (DESIGN 3.6), as torchvision.transforms.v2 pipelines.
+"""Training augmentations of DTU images (DESIGN 3.6): the original's torchvision pipelines, exactly.
+
+The original applied `torchvision.transforms` (v1) to the 8-bit PIL image after resizing it to the
+training size, and so do we, with the same transforms, parameters and order:
+
+- "fitting" (modes 2/4/5; the original's augmentation key 7): ColorJitter(0.04, 0.04, 0.04, 0.04)
+  p=0.75, GaussianBlur(5, (0.1, 0.2)) p=0.2, RandomRotation(10, fill=1) p=0.75, RandomResizedCrop(size,
+  scale=(0.70, 1.3)).
+- "pretraining" (mode 3; key 5): ColorJitter p=0.75, GaussianBlur p=0.25, RandomResizedCrop(size,
+  scale=(0.95, 1.05)).
+- "none": the image unchanged.
+
+Two consequences that look like bugs but are the original's behaviour, kept on purpose: the rotation
+uses nearest interpolation and fills with the 8-bit value 1 (near black, not white: `fill=1` on a
+uint8 image), and RandomResizedCrop samples an *area* fraction and an aspect ratio in (3/4, 4/3), so a
+scale above 1 can never fit; after 10 failed attempts it falls back to a centre crop of the whole
+(4:3) image, which happens in about 20% of the fitting draws.
 
 Every random draw uses torch's global RNG, so `torch.manual_seed` makes a run reproducible.
-Geometric ops keep the image size (512x384 for DTU): the view token must keep describing the
-same camera, so augmentations only jitter it a little (small rotation and zoom), never reframe it.
-Presets act on float (3, H, W) tensors in [0, 1] and return the same shape and range.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
+from PIL import Image
+from torchvision import transforms as T
 
 AUGMENTATION_PRESETS = ("fitting", "pretraining", "none")
-WHITE = 1.0  # fill for pixels that rotation or zooming out bring into the frame
+JITTER = 0.04  # brightness, contrast, saturation and hue strength
+ROTATION_FILL = 1  # the original's fill=1: the 8-bit value 1 in every channel
 
 
-class RandomZoom(torch.nn.Module):
-    """Random resized crop at the image's own aspect ratio that may also zoom *out*.
-
-    A side scale s ~ U(lo, hi) picks a window of s*W x s*H at a random position: s < 1 crops
-    inside the image (zoom in), s > 1 pads the image with white to the window (zoom out). The
-    window is resized back to W x H, so the output size never changes.
-    """
-
-    def __init__(self, scale: tuple[float, float]) -> None:
-        super().__init__()
-        if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"zoom scale must satisfy 0 < lo <= hi, got {scale}")
-        self.scale = scale
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        height, width = image.shape[-2:]
-        s = self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(()).item()
-        win_w, win_h = max(1, round(width * s)), max(1, round(height * s))
-        # Offset of the window's top-left corner in image coordinates (negative when zooming out).
-        u, v = torch.rand(2).tolist()
-        left = round(u * (width - win_w)) if win_w <= width else -round(u * (win_w - width))
-        top = round(v * (height - win_h)) if win_h <= height else -round(v * (win_h - height))
-        pad = [max(0, -left), max(0, -top), max(0, left + win_w - width), max(0, top + win_h - height)]
-        if any(pad):
-            image = TF.pad(image, pad, fill=WHITE)
-            left, top = left + pad[0], top + pad[1]
-        return TF.resized_crop(image, top, left, win_h, win_w, [height, width],
-                               interpolation=v2.InterpolationMode.BICUBIC, antialias=True).clamp(0.0, 1.0)
-
-
-def build_augmentation(preset: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The augmentation pipeline of a preset: "fitting" (modes 2/4/5), "pretraining" (mode 3) or "none"."""
-    jitter = v2.RandomApply([v2.ColorJitter(brightness=0.04, contrast=0.04, saturation=0.04, hue=0.04)], p=0.75)
+def _compose(preset: str, size: tuple[int, int]) -> T.Compose | None:
+    """The original's pipeline for `preset` at `size` = (H, W); None for "none"."""
+    jitter = T.RandomApply([T.ColorJitter(JITTER, JITTER, JITTER, JITTER)], p=0.75)
     if preset == "fitting":
-        return v2.Compose([
+        return T.Compose([
             jitter,
-            v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 0.2))], p=0.2),
-            v2.RandomApply([v2.RandomRotation(degrees=10, interpolation=v2.InterpolationMode.BILINEAR,
-                                              fill=WHITE)], p=0.75),
-            RandomZoom(scale=(0.7, 1.3)),
+            T.RandomApply([T.GaussianBlur(5, (0.1, 0.2))], p=0.2),
+            T.RandomApply([T.RandomRotation(degrees=10, fill=ROTATION_FILL)], p=0.75),
+            T.RandomResizedCrop(size, scale=(0.70, 1.3)),
         ])
     if preset == "pretraining":
-        return v2.Compose([
+        return T.Compose([
             jitter,
-            v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 0.2))], p=0.25),
-            RandomZoom(scale=(0.95, 1.05)),
+            T.RandomApply([T.GaussianBlur(5, (0.1, 0.2))], p=0.25),
+            T.RandomResizedCrop(size, scale=(0.95, 1.05)),
         ])
     if preset == "none":
-        return v2.Identity()
+        return None
     raise ValueError(f"unknown augmentation preset {preset!r}; expected one of {list(AUGMENTATION_PRESETS)}")
+
+
+class Augmentation:
+    """uint8 (3, H, W) tensor -> augmented uint8 (3, H, W) tensor, through PIL as the original did."""
+
+    def __init__(self, preset: str, size: tuple[int, int]) -> None:
+        self.preset = preset
+        self.size = (int(size[0]), int(size[1]))  # (H, W)
+        self.transform = _compose(preset, self.size)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            raise TypeError(f"augmentations take uint8 (3, H, W) images, got {image.dtype} {tuple(image.shape)}")
+        if self.transform is None:
+            return image
+        if tuple(image.shape[1:]) != self.size:
+            raise ValueError(f"image is {tuple(image.shape[1:])} (H, W) but the augmentation was built for {self.size}")
+        out = self.transform(Image.fromarray(image.permute(1, 2, 0).numpy()))
+        return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()
+
+
+def build_augmentation(preset: str, size: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The augmentation of a preset ("fitting", "pretraining" or "none") for images of `size` = (H, W)."""
+    return Augmentation(preset, size)

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from viewneti_core.atomic_files import save_safetensors
 from viewneti_core.conditioning import VIEW_MAPPER_KEY
 from viewneti_core.mappers import NeTIMapper, load_mapper, save_mapper
 
@@ -101,7 +102,7 @@ def _save_training_state(directory: Path, optimizer: torch.optim.Optimizer, lr_s
     np_state = np.random.get_state()
     tensors["rng.numpy.keys"] = torch.from_numpy(np_state[1].astype(np.int64))
     py_version, py_state, py_gauss = random.getstate()
-    save_file(tensors, str(directory / "training_state.safetensors"))
+    save_safetensors(tensors, directory / "training_state.safetensors")
     meta = {
         "step": state.step,
         "epoch": state.epoch,
@@ -148,6 +149,62 @@ def resolve_checkpoint(run_dir: Path, which: str | int | Path) -> Path:
 
 def read_checkpoint_info(checkpoint: Path) -> dict[str, Any]:
     return json.loads((Path(checkpoint) / "checkpoint.json").read_text())
+
+
+# ---- may a run continue from a checkpoint? (the CLI's --resume and the pipeline's retries) ------
+
+# Config keys that may change between the run that wrote a checkpoint and the run that continues it:
+# where and how often things are written or shown, and on which hardware. Anything else (data, tokens,
+# model, mode, optimizer, seed, batch layout) changes what the checkpoint's weights and optimizer
+# state mean, so continuing would mix two trainings under one config.
+RESUMABLE_KEYS = (
+    "optim.max_train_steps",  # more steps: continue; fewer than the checkpoint's: refused below
+    "log", "eval", "run",
+    "data.dataloader_num_workers",
+    "optim.mixed_precision", "optim.allow_tf32", "optim.cache_vae_posteriors",  # same math, other hardware paths
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out |= _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def _resumable(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_KEYS)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for every dotted key outside RESUMABLE_KEYS whose value differs. A key only one
+    side has (removed from, or added to, the config tree since the checkpoint) is not compared."""
+    old, new = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current, default=str)))
+    return [f"{key}: {_short(old[key])} -> {_short(new[key])}"
+            for key in sorted(old.keys() & new.keys()) if not _resumable(key) and old[key] != new[key]]
+
+
+def resume_problems(checkpoint: Path, config: dict[str, Any]) -> list[str]:
+    """Why the run of `config` (a JSON dump of a ViewNetiConfig) cannot continue from `checkpoint`."""
+    info = read_checkpoint_info(checkpoint)
+    saved = info.get("config")
+    if saved is None:
+        return [f"{Path(checkpoint) / 'checkpoint.json'} records no training configuration to compare with"]
+    problems = []
+    differences = config_differences(saved, config)
+    if differences:
+        problems.append("its configuration differs in " + "; ".join(differences))
+    max_steps = config.get("optim", {}).get("max_train_steps")
+    if isinstance(max_steps, int) and max_steps < info["step"]:
+        problems.append(f"optim.max_train_steps {max_steps} is below the checkpoint's step {info['step']}")
+    return problems
 
 
 def load_checkpoint_mappers(checkpoint: Path, device: torch.device | str = "cpu") -> dict[str, NeTIMapper]:

@@ -126,6 +126,18 @@ def _cmd_summarize(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_import_original(args: argparse.Namespace, overrides: list[str]) -> int:
+    from viewneti_core.original_checkpoints import import_original
+
+    result = import_original(args.checkpoint, args.out, dtu_root=args.dtu_root, calibration=args.calibration,
+                             step=args.step, base_model=args.model, overrides=overrides)
+    print(f"imported the original mode-{result.learnable_mode} checkpoint(s) of step(s) {result.steps} "
+          f"(base model {result.base_model}) -> {result.out_dir}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="viewneti", description="Viewpoint Neural Textual Inversion (ViewNeTI)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -181,6 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("--out", type=Path, required=True, help="output directory")
     summarize.set_defaults(handler=_cmd_summarize, takes_overrides=False)
 
+    imported = groups.add_parser("import-original", help="convert the original code's released checkpoints "
+                                 "(restricted unpickling: no pickled code runs)")
+    imported.add_argument("--checkpoint", type=Path, required=True,
+                          help="an original run directory or one mapper-steps-N_{view,object}.pt file")
+    imported.add_argument("--out", type=Path, required=True, help="new run directory (must not exist or be empty)")
+    cameras = imported.add_mutually_exclusive_group()
+    cameras.add_argument("--dtu-root", type=Path, default=None,
+                         help="DTU tree: camera ranges of a view mapper, and the data `infer` uses (needed for runs)")
+    cameras.add_argument("--calibration", type=Path, default=None,
+                         help="DTU Calibration/cal18 folder: enough for a view mapper alone")
+    imported.add_argument("--step", type=int, default=None, help="import only this step (default: every step found)")
+    imported.add_argument("--model", default=None,
+                          help="base model to record (default: the files' model.pretrained_model_name_or_path)")
+    imported.epilog = "Any further --section.key VALUE pairs override the imported run's config (e.g. --eval.seeds [0,1])."
+    imported.set_defaults(handler=_cmd_import_original, takes_overrides=True)
+
     config = groups.add_parser("config", help="inspect configurations").add_subparsers(dest="command", required=True)
     show = config.add_parser("show", help="print the validated config (defaults + file + overrides)")
     _config_args(show)
@@ -200,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_cmd_bench, takes_overrides=True)
 
     data = groups.add_parser("data", help="DTU data: synthetic scenes and preparation").add_subparsers(
-        dest="command", required=True
+        dest="command", required=True, parser_class=_LazyArgumentsParser
     )
     _add_data_command(data, "make-synthetic", "write synthetic DTU-format scenes", "synthetic",
                       "add_make_synthetic_arguments", _cmd_make_synthetic)
@@ -215,11 +243,39 @@ def _cmd_bench(args: argparse.Namespace, rest: list[str]) -> int:
     return bench_main(rest)
 
 
+class _LazyArgumentsParser(argparse.ArgumentParser):
+    """A subcommand parser that adds its arguments only when it is used: the modules that define them
+    import torch and pandas, which `viewneti --help` and the other commands must not wait for."""
+
+    def __init__(self, *args, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def _ensure_arguments(self) -> None:
+        if self._add_arguments is not None:
+            add, self._add_arguments = self._add_arguments, None
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._ensure_arguments()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._ensure_arguments()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._ensure_arguments()
+        return super().format_help()
+
+
 def _add_data_command(subparsers, name: str, text: str, module: str, adder: str, handler: Callable) -> None:
     import importlib
 
-    sub = subparsers.add_parser(name, help=text)
-    getattr(importlib.import_module(f"viewneti_core.{module}"), adder)(sub)
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        getattr(importlib.import_module(f"viewneti_core.{module}"), adder)(parser)
+
+    sub = subparsers.add_parser(name, help=text, add_arguments=add_arguments)
     sub.set_defaults(handler=handler, takes_overrides=False)
 
 

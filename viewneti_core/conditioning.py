@@ -203,18 +203,26 @@ class TextConditioner:
             embeds = torch.where(mask[..., None], full_word[:, None, :], embeds)
             if self.output_bypass and alpha > 0:
                 unit = bypass / bypass.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-                full_unit = embeds.new_zeros(embeds.shape[0], embeds.shape[2]).index_put((rows,), unit.to(embeds.dtype))
+                full_unit = unit.new_zeros(embeds.shape[0], embeds.shape[2]).index_put((rows,), unit)  # float32
                 bypasses.append((mask, full_unit, alpha))
 
         hidden = self._encoder_hidden(embeds)
-        hidden_bypass = hidden
-        for mask, unit, alpha in bypasses:
-            scale = hidden.norm(dim=-1, keepdim=True)
-            hidden_bypass = hidden_bypass + alpha * mask[..., None].to(hidden.dtype) * unit[:, None, :] * scale
         keys = self._final_norm(hidden)
-        values = self._final_norm(hidden_bypass) if bypasses else keys
+        values = self._final_norm(self._add_bypasses(hidden, bypasses)) if bypasses else keys
         shape = (n, layers, length, keys.shape[-1])
         return keys.reshape(shape).transpose(0, 1), values.reshape(shape).transpose(0, 1)
+
+    @staticmethod
+    def _add_bypasses(hidden: torch.Tensor, bypasses: list) -> torch.Tensor:
+        """h_p + alpha * b/|b| * |h_p| at each placeholder position, in float32 whatever the encoder's dtype."""
+        device_type = hidden.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            h = hidden.float()
+            scale = h.norm(dim=-1, keepdim=True)
+            out = h
+            for mask, unit, alpha in bypasses:
+                out = out + alpha * mask[..., None].float() * unit[:, None, :].float() * scale
+        return out.to(hidden.dtype)
 
     def _placeholders(self):
         if self.view_mapper is not None:

@@ -8,8 +8,12 @@ loudly with the dotted path of the key instead of being silently ignored.
 
 from __future__ import annotations
 
+import logging
+import re
+import types
+import typing
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import yaml
@@ -21,11 +25,17 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from viewneti_core import dtu
 
+logger = logging.getLogger(__name__)
+
 LEARNABLE_MODES = (0, 2, 3, 4, 5)
+# CLIP's own special tokens: a placeholder equal to one would replace every BOS/EOS position (the
+# unconditional prompt's included). `<|...|>` is the shape of special tokens in CLIP-style vocabularies.
+CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 RETIRED_MODES = {1: "mode 1 (view mapper only, no object token) was retired by the paper; use mode 2 or 5"}
 
 
@@ -47,13 +57,23 @@ class RuntimeConfig(_Section):
 
 
 class LogConfig(_Section):
-    exp_name: str = "viewneti"
+    exp_name: str = "viewneti"  # a plain directory name inside exp_dir
     exp_dir: Path = Path("outputs")
     save_steps: PositiveInt = 1500
     checkpoints_total_limit: PositiveInt | None = None
     overwrite_ok: bool = False
     report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     logging_dir: Path = Path("logs")
+
+    @field_validator("exp_name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # The run dir is exp_dir/exp_name, and overwrite_ok deletes its checkpoints/: a name with a
+        # separator or '..' (or an absolute path, which replaces exp_dir) would point anywhere.
+        if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
+            raise ValueError("log.exp_name must be a plain directory name (no '/', '\\', '.' or '..'); "
+                             "put the parent directory in log.exp_dir")
+        return value
 
 
 class DataConfig(_Section):
@@ -92,9 +112,45 @@ class DataConfig(_Section):
     @field_validator("placeholder_view_token", "placeholder_object_token")
     @classmethod
     def _placeholder_shape(cls, value: str) -> str:
-        if not (value.startswith("<") and value.endswith(">")) or " " in value:
-            raise ValueError(f"placeholder tokens look like '<name>' without spaces, got {value!r}")
+        return check_placeholder_token(value)
+
+    @field_validator("super_category_view_token", "super_category_object_token")
+    @classmethod
+    def _some_word(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a super-category word is needed (its embedding norm rescales the mapper output)")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_placeholders(self) -> DataConfig:
+        if self.placeholder_object_token == self.placeholder_view_token:
+            raise ValueError(f"placeholder_object_token and placeholder_view_token are both "
+                             f"{self.placeholder_view_token!r}; the view and the object need distinct tokens")
+        if "{scan}" not in self.scan_token_pattern:
+            raise ValueError(f"scan_token_pattern {self.scan_token_pattern!r} has no '{{scan}}' field")
+        try:
+            check_placeholder_token(self.scan_token_pattern.format(scan=0))
+        except (KeyError, IndexError) as exc:
+            raise ValueError(f"scan_token_pattern {self.scan_token_pattern!r} may have no field but {{scan}} "
+                             f"(found {exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"scan_token_pattern {self.scan_token_pattern!r}: {exc}") from None
+        scan_tokens = [self.scan_token_pattern.format(scan=s) for s in self.dtu_pretrain_scans]
+        if self.placeholder_view_token in scan_tokens:
+            raise ValueError(f"scan_token_pattern {self.scan_token_pattern!r} gives the view token "
+                             f"{self.placeholder_view_token!r} for one of dtu_pretrain_scans")
+        return self
+
+
+def check_placeholder_token(value: str) -> str:
+    """'<name>': angle brackets keep a placeholder from matching a word of the vocabulary (e.g. the
+    super-category word itself); CLIP's special tokens are refused."""
+    if len(value) < 3 or not (value.startswith("<") and value.endswith(">")) or re.search(r"\s", value):
+        raise ValueError(f"placeholder tokens look like '<name>' without spaces, got {value!r}")
+    if value in CLIP_SPECIAL_TOKENS or (value.startswith("<|") and value.endswith("|>")):
+        raise ValueError(f"{value!r} is a special token of the CLIP tokenizer, not a new placeholder; "
+                         "choose a new name like '<object>'")
+    return value
 
 
 class PESigmas(_Section):
@@ -121,10 +177,12 @@ class ModelConfig(_Section):
 class EvalConfig(_Section):
     num_denoising_steps: PositiveInt = 30
     guidance_scale: float = Field(default=7.5, ge=1.0)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1])  # the original's inference.yaml
     width: PositiveInt = 768
     height: PositiveInt = 576
     eval_batch_size: PositiveInt = 8  # images (views x seeds) per UNet call; each image costs 2 rows (CFG)
+    # DPM-Solver++'s last step: "sigma_min" as the original (diffusers 0.14), "zero" as diffusers >= 0.26
+    final_sigmas_type: Literal["sigma_min", "zero"] = "sigma_min"
     validation_steps: PositiveInt = 250
     final_validation: bool = True  # also render the validation grid after the last step
     validation_views: list[int] = Field(default_factory=lambda: [25, 22, 28, 40])
@@ -144,7 +202,7 @@ class OptimConfig(_Section):
     scale_lr: bool = True  # lr x batch size x grad accumulation x processes, as in the original
     train_batch_size: PositiveInt = 3
     gradient_accumulation_steps: PositiveInt = 3
-    seed: int | None = 0
+    seed: int | None = Field(default=0, ge=0, lt=2**32)  # seeds torch, numpy and python's random
     lr_scheduler: Literal["constant", "constant_with_warmup"] = "constant"
     lr_warmup_steps: int = Field(default=0, ge=0)
     adam_beta1: float = 0.9
@@ -161,7 +219,6 @@ class ViewNetiConfig(_Section):
     """The whole configuration of a ViewNeTI run."""
 
     learnable_mode: int = 5
-    debug: bool = False
     run: RuntimeConfig = Field(default_factory=RuntimeConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -173,6 +230,36 @@ class ViewNetiConfig(_Section):
     @classmethod
     def _known_mode(cls, value: int) -> int:
         return check_learnable_mode(value)
+
+    @model_validator(mode="after")
+    def _dtu_root_from_scan_dir(self) -> ViewNetiConfig:
+        """The original's commands pass `.../Rectified/scanN` (or `.../Rectified` in mode 3); ours take the
+        tree root and `data.dtu_scan`. Translate those forms once, here, so config.yaml records the root."""
+        data = self.data
+        path = data.train_data_dir
+        if self.learnable_mode == 0 or path is None or _looks_like_tree_root(path):
+            return self
+        scan_dir = re.fullmatch(r"scan(\d+)", path.name) if path.parent.name == "Rectified" else None
+        if scan_dir is not None:
+            scan = int(scan_dir.group(1))
+            if self.learnable_mode == 3:
+                raise ValueError(f"data.train_data_dir {path} is one scan's directory, but mode 3 pretrains on "
+                                 f"data.dtu_pretrain_scans: give the DTU tree {path.parent.parent}")
+            if "dtu_scan" in data.model_fields_set and data.dtu_scan != scan:
+                raise ValueError(f"data.train_data_dir {path} is the directory of scan {scan}, but data.dtu_scan "
+                                 f"is {data.dtu_scan}: drop one of them or make them agree")
+            self.data = data.model_copy(update={"train_data_dir": path.parent.parent, "dtu_scan": scan})
+            logger.info("data.train_data_dir %s is a scan directory: using the DTU tree %s with data.dtu_scan %d",
+                        path, path.parent.parent, scan)
+        elif path.name == "Rectified":
+            self.data = data.model_copy(update={"train_data_dir": path.parent})
+            logger.info("data.train_data_dir %s is the Rectified folder: using the DTU tree %s", path, path.parent)
+        return self
+
+
+def _looks_like_tree_root(path: Path) -> bool:
+    """A DTU tree (Rectified/, Calibration/) or a cameras.json capture folder, whatever its name."""
+    return any((path / name).exists() for name in ("Rectified", "Calibration", "cameras.json"))
 
 
 def check_learnable_mode(mode: int) -> int:
@@ -193,7 +280,8 @@ def _format_validation_error(exc: ValidationError) -> str:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; see `viewneti config show` for all keys)"
-        lines.append(f"  {key}: {message}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" else ""))
+        shown = err["type"] != "extra_forbidden" and not isinstance(err["input"], dict)  # not a whole section
+        lines.append(f"  {key}: {message}" + (f" (got {err['input']!r})" if shown else ""))
     return "invalid configuration:\n" + "\n".join(lines)
 
 
@@ -205,8 +293,10 @@ def validate_config(data: dict[str, Any]) -> ViewNetiConfig:
         raise ConfigError(_format_validation_error(exc)) from None
 
 
-def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """Parse `--a.b value` / `--a.b=value` pairs into a nested dict; values are read as YAML scalars."""
+def parse_overrides(args: Sequence[str], model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """Parse `--a.b value` / `--a.b=value` pairs into a nested dict, each value converted by the type of
+    the field of `model` (default `ViewNetiConfig`) it sets; see `convert_override`."""
+    model = model or ViewNetiConfig
     nested: dict[str, Any] = {}
     items = list(args)
     i = 0
@@ -221,12 +311,108 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
             raw = items[i + 1]
             i += 1
         i += 1
-        _set_dotted(nested, key, _parse_value(raw))
+        _set_dotted(nested, key, convert_override(key, raw, model))
     return nested
 
 
-def _parse_value(raw: str) -> Any:
-    """YAML scalars and lists ('3000', 'true', '[0, 1]'), plus floats like '1e-3' that YAML 1.1 misses."""
+_NULLS = ("null", "Null", "NULL", "~")
+_UNKNOWN = object()
+
+
+def convert_override(key: str, raw: str, model: type[BaseModel]) -> Any:
+    """The value of `--key raw` for the field `key` of `model`.
+
+    Strings stay strings where the field holds text (so `--optim.mixed_precision no` and
+    `--log.exp_name 2024` mean what they say); numbers and booleans are read as YAML scalars; lists and
+    mappings are read as YAML with every item converted by its own type; 'null' unsets an optional field.
+    An unknown key keeps the raw text: validation then names it.
+    """
+    annotation = _field_annotation(model, key)
+    if annotation is _UNKNOWN:
+        return raw
+    if _is_structured(annotation) and not (_admits_none(annotation) and raw in _NULLS):
+        try:
+            value = yaml.load(raw, Loader=yaml.BaseLoader)  # structure only: every scalar stays a string
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"override --{key}: {raw!r} is not a YAML list or mapping ({problem})") from None
+        return _convert(value, annotation)
+    return _convert(raw, annotation)
+
+
+def _field_annotation(model: type[BaseModel], dotted: str) -> Any:
+    annotation: Any = model
+    for part in dotted.split("."):
+        section = _model_of(annotation)
+        if section is None or part not in section.model_fields:
+            return _UNKNOWN
+        annotation = section.model_fields[part].annotation
+    return annotation
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The alternatives of a union (`X | None`, `Optional[X]`), else the annotation itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _strip(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:  # PositiveInt = Annotated[int, Gt(0)]
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for member in map(_strip, _members(annotation)):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
+    return None
+
+
+def _admits_none(annotation: Any) -> bool:
+    return type(None) in _members(annotation)
+
+
+def _is_structured(annotation: Any) -> bool:
+    return any(
+        _model_of(m) is not None or typing.get_origin(m) in (list, tuple, set, frozenset, dict)
+        for m in map(_strip, _members(annotation))
+    )
+
+
+def _is_text(annotation: Any) -> bool:
+    annotation = _strip(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return all(isinstance(v, str) for v in typing.get_args(annotation))
+    return annotation is str or (isinstance(annotation, type) and issubclass(annotation, PurePath))
+
+
+def _convert(value: Any, annotation: Any) -> Any:
+    """Convert the strings inside a BaseLoader value (strings, lists, dicts) by the annotation."""
+    annotation = _strip(annotation)
+    members = [m for m in map(_strip, _members(annotation)) if m is not type(None)]
+    if isinstance(value, str) and _admits_none(annotation) and value in _NULLS:
+        return None
+    if len(members) == 1 and members[0] is not annotation:
+        return _convert(value, members[0])
+    model = _model_of(annotation)
+    if isinstance(value, dict):
+        if model is not None:
+            return {k: _convert(v, model.model_fields[k].annotation) if k in model.model_fields else v
+                    for k, v in value.items()}
+        args = typing.get_args(annotation)
+        return {k: _convert(v, args[1] if len(args) == 2 else Any) for k, v in value.items()}
+    if isinstance(value, list):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return [_convert(v, args[0] if len(args) == 1 else Any) for v in value]
+    if not isinstance(value, str) or any(_is_text(m) for m in members):
+        return value
+    return _parse_scalar(value)
+
+
+def _parse_scalar(raw: str) -> Any:
+    """A YAML scalar for a number or boolean field ('3000', 'true'), plus floats like '1e-3' that YAML 1.1 misses."""
     if raw == "":
         return ""
     try:

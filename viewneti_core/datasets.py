@@ -22,6 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from viewneti_core import dtu
 from viewneti_core.augmentations import build_augmentation
 from viewneti_core.cameras import CameraNormalization, camera_vector
+from viewneti_core.images import load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -44,12 +45,13 @@ def view_caption(view_token: str, object_token: str) -> str:
 
 
 def load_resized(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """Decode an image as RGB and resize it (bicubic) to `size` = (W, H): uint8 (3, H, W)."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if image.size != tuple(size):
-            image = image.resize(tuple(size), Image.Resampling.BICUBIC)
-        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+    """Decode an image as RGB and resize it (bicubic) to `size` = (W, H): uint8 (3, H, W).
+
+    A truncated or corrupt file raises ImageDecodeError naming it."""
+    image = load_image(path, "RGB")
+    if image.size != tuple(size):
+        image = image.resize(tuple(size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
 
 
 def to_model_range(image: torch.Tensor) -> torch.Tensor:
@@ -97,7 +99,7 @@ class ViewImagesDataset(torch.utils.data.Dataset):
         self.cameras = torch.stack([c.to(torch.float32) for _, c, _ in entries])
         self.tokens = [t for _, _, t in entries]
         self.images = [load_resized(p, self.size) for p in self.paths]
-        self.augment = build_augmentation(augmentation)
+        self.augment = build_augmentation(augmentation, (self.size[1], self.size[0]))  # (H, W)
 
     def __len__(self) -> int:
         return len(self.paths) * self.repeats
@@ -107,7 +109,7 @@ class ViewImagesDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         i = self.source_index(index)
-        image = self.augment(self.images[i].float() / 255.0)
+        image = self.augment(self.images[i])  # uint8 in, uint8 out: the original augmented 8-bit PIL images
         return {
             "pixel_values": to_model_range(image),
             "caption": view_caption(self.view_token, self.tokens[i]),
@@ -216,12 +218,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 "data.train_data_dir (sub-folders are not searched)"
             )
         self.paths = paths
-        self.images = []
-        for path in paths:
-            try:
-                self.images.append(load_resized(path, (size, size)))
-            except OSError as exc:
-                raise ValueError(f"cannot decode image {path}: {exc}") from exc
+        self.images = [load_resized(path, (size, size)) for path in paths]  # errors name the file
         self.placeholder_token = placeholder_token
         self.repeats = int(repeats)
 

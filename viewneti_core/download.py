@@ -2,8 +2,10 @@
 
 DTU's Rectified.zip is ~123 GB served over plain HTTP, so an interrupted transfer must continue where
 it stopped (HTTP Range on a `.part` file), transient failures must be retried with backoff, and a file
-only reaches its final path after its size and (when known) sha256 were checked. Local paths and
-`file://` URLs are used in place, never copied.
+only reaches its final path after its size, (when known) sha256 and, for a zip, its readability were
+checked: an HTML page served with 200, or a body cut short with no Content-Length, is never published.
+A cached zip that no longer reads as one is dropped and fetched again. Local paths and `file://` URLs
+are used in place, never copied.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from viewneti_core.archives import ensure_free_space
+from viewneti_core.archives import ensure_free_space, zip_problem
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class DownloadError(RuntimeError):
 
 
 class ChecksumMismatchError(DownloadError):
-    """The bytes received do not have the expected size or sha256; the bad file was deleted."""
+    """The bytes received are not the file (size, sha256 or zip structure wrong); the bad file was deleted."""
 
 
 class _TransientError(Exception):
@@ -98,8 +100,11 @@ def fetch(
     backoff_s: float = 2.0,
     timeout_s: float = 60.0,
     progress: bool = True,
+    expect_zip: bool = False,
 ) -> FetchedFile:
-    """Return a local file for `source`: a URL is downloaded into `cache_dir`, a path is used in place."""
+    """Return a local file for `source`: a URL is downloaded into `cache_dir`, a path is used in place.
+
+    `expect_zip`: a download must be a readable zip archive whatever its name (see `download`)."""
     if is_url(source):
         path = download(
             source,
@@ -110,6 +115,7 @@ def fetch(
             backoff_s=backoff_s,
             timeout_s=timeout_s,
             progress=progress,
+            expect_zip=expect_zip,
         )
         record = _read_record(path)
         return FetchedFile(source, path, path.stat().st_size, record.get("sha256") if record else None, True)
@@ -141,16 +147,19 @@ def download(
     backoff_s: float = 2.0,
     timeout_s: float = 60.0,
     progress: bool = True,
+    expect_zip: bool = False,
 ) -> Path:
     """Download `url` to `dest`, resuming `dest.part` if present; verified before the atomic rename.
 
     `retries` bounds consecutive failed attempts that made no progress; an attempt that added bytes
     resets the count, so a long transfer over a flaky link keeps going. Waits double from `backoff_s`.
+    A `dest` named `*.zip` (or any `dest` with `expect_zip`) must also read as a zip archive.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     expected_sha = sha256.lower() if sha256 else None
-    if dest.exists() and _cached_file_ok(dest, expected_sha, size):
+    is_zip = expect_zip or dest.name.lower().endswith(".zip")
+    if dest.exists() and _cached_file_ok(dest, expected_sha, size, is_zip):
         logger.info("using cached download %s", dest)
         return dest
 
@@ -159,7 +168,12 @@ def download(
     while True:
         start_size = part.stat().st_size if part.exists() else 0
         try:
-            total, digest = _attempt(url, part, timeout_s=timeout_s, progress=progress)
+            total, digest, content_type = _attempt(url, part, timeout_s=timeout_s, progress=progress)
+            if total is None and is_zip and (problem := zip_problem(part)) and not _html_start(part):
+                # No Content-Length: a dropped connection looks like the end of the body. Ask again
+                # from where it stopped; a server that says there is no more makes it final.
+                raise _TransientError(f"the body ended after {part.stat().st_size} bytes without a "
+                                      f"Content-Length and is {problem}")
             break
         except _TransientError as exc:
             now_size = part.stat().st_size if part.exists() else 0
@@ -173,7 +187,8 @@ def download(
             logger.warning("download of %s interrupted (%s); retrying in %.1f s", url, exc, wait)
             time.sleep(wait)
 
-    _verify_part(part, url, total=total, size=size, digest=digest, expected_sha=expected_sha)
+    _verify_part(part, url, total=total, size=size, digest=digest, expected_sha=expected_sha,
+                 is_zip=is_zip, content_type=content_type)
     os.replace(part, dest)
     _meta_path(part).unlink(missing_ok=True)
     _write_record(dest, url, digest)
@@ -184,8 +199,9 @@ def download(
 # ---- one HTTP attempt --------------------------------------------------------------------------
 
 
-def _attempt(url: str, part: Path, *, timeout_s: float, progress: bool) -> tuple[int | None, str]:
-    """One request: continue `part` from its current size. Returns (total size if known, sha256)."""
+def _attempt(url: str, part: Path, *, timeout_s: float, progress: bool) -> tuple[int | None, str, str | None]:
+    """One request: continue `part` from its current size. Returns (total size if known, sha256,
+    Content-Type)."""
     offset = part.stat().st_size if part.exists() else 0
     validator = _read_validator(part) if offset else None
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
@@ -199,7 +215,7 @@ def _attempt(url: str, part: Path, *, timeout_s: float, progress: bool) -> tuple
         response = urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
-            return _handle_unsatisfiable_range(exc, part, offset)
+            return (*_handle_unsatisfiable_range(exc, part, offset), None)
         if exc.code in _TRANSIENT_HTTP_CODES:
             raise _TransientError(f"HTTP {exc.code} {exc.reason}") from exc
         raise DownloadError(f"downloading {url} failed: HTTP {exc.code} {exc.reason}") from exc
@@ -207,6 +223,7 @@ def _attempt(url: str, part: Path, *, timeout_s: float, progress: bool) -> tuple
         raise _TransientError(f"{type(exc).__name__}: {exc}") from exc
 
     with response:
+        content_type = response.headers.get("Content-Type")
         if offset and response.status == 206:
             start, total = _parse_content_range(response.headers.get("Content-Range"), url)
             if start != offset:
@@ -230,7 +247,7 @@ def _attempt(url: str, part: Path, *, timeout_s: float, progress: bool) -> tuple
 
     if total is not None and offset + received != total:
         raise _TransientError(f"connection closed after {offset + received} of {total} bytes")
-    return total, digest.hexdigest()
+    return total, digest.hexdigest(), content_type
 
 
 def _stream_body(response, part: Path, mode: str, offset: int, total: int | None, url: str,
@@ -294,8 +311,8 @@ def _hash_prefix(path: Path, length: int, digest) -> None:
 
 
 def _verify_part(part: Path, url: str, *, total: int | None, size: int | None, digest: str,
-                 expected_sha: str | None) -> None:
-    """Check size and sha256; a bad file is deleted so it can never be picked up later."""
+                 expected_sha: str | None, is_zip: bool, content_type: str | None) -> None:
+    """Check size, sha256 and zip structure; a bad file is deleted so it can never be picked up later."""
     actual = part.stat().st_size
     problems = []
     if total is not None and actual != total:
@@ -304,6 +321,12 @@ def _verify_part(part: Path, url: str, *, total: int | None, size: int | None, d
         problems.append(f"size {actual} bytes, expected {size}")
     if expected_sha is not None and digest != expected_sha:
         problems.append(f"sha256 {digest}, expected {expected_sha}")
+    if is_zip and (problem := zip_problem(part)):
+        if _html_start(part):
+            problems.append(f"the server sent an HTML page (Content-Type {content_type or 'not given'}), "
+                            "not the archive: the URL may point to a web page, a login or an error page")
+        else:
+            problems.append(f"it is {problem}")
     if problems:
         part.unlink(missing_ok=True)
         _meta_path(part).unlink(missing_ok=True)
@@ -342,22 +365,32 @@ def _read_record(dest: Path) -> dict | None:
     return record
 
 
-def _cached_file_ok(dest: Path, expected_sha: str | None, size: int | None) -> bool:
-    """A finished download is reused if it matches what we expect; a mismatching one is deleted."""
+def _cached_file_ok(dest: Path, expected_sha: str | None, size: int | None, is_zip: bool) -> bool:
+    """A finished download is reused if it matches what we expect; a mismatching or (for a zip)
+    unreadable one is deleted, so this run fetches it again."""
     actual_size = dest.stat().st_size
     record = _read_record(dest)
     digest = record["sha256"] if record else None
     if expected_sha is not None and digest is None:
         digest = sha256_file(dest)
     bad = (size is not None and actual_size != size) or (expected_sha is not None and digest != expected_sha)
-    if bad:
-        logger.warning("cached %s does not match the expected size/sha256; downloading it again", dest)
+    unreadable = zip_problem(dest) if is_zip and not bad else None
+    if bad or unreadable:
+        logger.warning("cached %s is unusable (%s); downloading it again", dest,
+                       unreadable or "it does not match the expected size/sha256")
         dest.unlink()
         _record_path(dest).unlink(missing_ok=True)
         return False
     if record is None and digest is not None:
         _write_record(dest, "", digest)
     return True
+
+
+def _html_start(path: Path) -> bool:
+    """True if the file begins like an HTML document (what portals and error pages send with 200)."""
+    with open(path, "rb") as fh:
+        head = fh.read(512).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head
 
 
 def _write_validator(part: Path, headers) -> None:

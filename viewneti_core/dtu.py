@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where it is used: config.py (and so `viewneti --help`) needs only the facts
+    import numpy as np
 
 NUM_CAMERAS = 64  # calibration files cal18/pos_001.txt .. pos_064.txt
 NUM_VIEWS = 49  # rectified images per scan and light
@@ -106,6 +108,8 @@ def find_mask(root: Path, scan: int, cam: int) -> Path | None:
 
 def parse_projection_matrix(text: str, source: str = "<text>") -> np.ndarray:
     """Parse one DTU `pos_XXX.txt`: 12 ASCII numbers forming a 3x4 projection matrix."""
+    import numpy as np
+
     try:
         values = [float(tok) for tok in text.split()]
     except ValueError as exc:
@@ -120,6 +124,8 @@ def parse_projection_matrix(text: str, source: str = "<text>") -> np.ndarray:
 
 def load_cameras(root: Path) -> np.ndarray:
     """All 64 calibration cameras of a DTU tree as a (64, 3, 4) float64 array."""
+    import numpy as np
+
     root = Path(root)
     mats = []
     for cam in range(NUM_CAMERAS):
@@ -135,6 +141,8 @@ def load_cameras(root: Path) -> np.ndarray:
 
 def format_projection_matrix(matrix: np.ndarray) -> str:
     """Write a 3x4 matrix in the ASCII style of DTU's calibration files."""
+    import numpy as np
+
     matrix = np.asarray(matrix, dtype=np.float64).reshape(3, 4)
     return "\n".join(" ".join(f"{v:.6f}" for v in row) for row in matrix) + "\n"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from tqdm.auto import tqdm
 
 from viewneti_core import dtu
 from viewneti_core.atomic_files import temp_file_beside
@@ -111,6 +112,8 @@ def evaluate_predictions(
     data_root: Path | None = None,
     eval_size: tuple[int, int] = EVAL_SIZE,
     batch_size: int = 8,
+    progress: bool = True,
+    views_chosen: bool = False,
 ) -> Path:
     """Score every predicted image against DTU ground truth in each protocol; write one Parquet table.
 
@@ -118,7 +121,9 @@ def evaluate_predictions(
     VGG16 file, see metrics.LPIPS), "random" (tests; labelled in `lpips_backbone`) or "none" (LPIPS
     column NaN). data_root overrides the DTU root recorded in predictions.json (e.g. on another
     machine). eval_size is the (H, W) of the protocol and is recorded in every row; change it only for
-    quick checks. The file is written to a temporary name and renamed, so readers never see half a table.
+    quick checks. `views_chosen`: the caller rendered a subset of the views on purpose (the pipeline's
+    `views` parameter), so an incomplete regnerf view set is logged, not warned about. The file is
+    written to a temporary name and renamed, so readers never see half a table.
     """
     pred_dir = Path(pred_dir)
     out_parquet = Path(out_parquet) if out_parquet is not None else pred_dir / "metrics.parquet"
@@ -184,12 +189,16 @@ def evaluate_predictions(
         "run_dir": str(index.get("run_dir", "")), "predictions": str(pred_dir),
     }
     rows: list[dict] = []
+    work = []
     for proto in specs:
         selected = [c for c in cams if not proto.dtu_test_views_only or (c in dtu.TEST_VIEWS and c not in train_cams)]
         if proto.dtu_test_views_only and len(selected) < len(dtu.TEST_VIEWS):
-            logger.warning("%s protocol: %d of the %d DTU test views were rendered", proto.name, len(selected),
-                           len(dtu.TEST_VIEWS))
-        items = [(seed, cam) for seed in seeds for cam in selected if (seed, cam) in preds]
+            logger.log(logging.INFO if views_chosen else logging.WARNING,
+                       "%s protocol: %d of the %d DTU test views were rendered", proto.name, len(selected),
+                       len(dtu.TEST_VIEWS))
+        work.append((proto, [(seed, cam) for seed in seeds for cam in selected if (seed, cam) in preds]))
+    bar = tqdm(total=sum(len(items) for _, items in work), desc="evaluating", unit="image", disable=not progress)
+    for proto, items in work:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             pred = resize_bicubic_uint8(torch.stack([preds[k] for k in chunk]).to(device), eval_size).float() / 255
@@ -205,6 +214,8 @@ def evaluate_predictions(
                     "masked": masks[cam] is not None,
                     **{k: float(values[k][i]) for k in ("psnr", "ssim", "lpips", "mse")},
                 })
+            bar.update(len(chunk))
+    bar.close()
     bad = [(r["seed"], r["cam"]) for r in rows if math.isnan(r["mse"])]
     if bad:
         logger.warning("empty masks (nothing to compare, metrics NaN) for (seed, cam) %s", sorted(set(bad)))

@@ -1,20 +1,53 @@
-"""Image files: atomic PNG writes and labelled grids."""
+"""Image files: decoding that names the broken file, atomic PNG writes and labelled grids.
+
+torch is imported only where a tensor is converted, so `data prepare` can validate images without it.
+"""
 
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from viewneti_core.atomic_files import temp_file_beside
 
+if TYPE_CHECKING:
+    import torch
+
+
+class ImageDecodeError(ValueError):
+    """An image file that does not decode (truncated, corrupt, not an image); the message names it."""
+
+
+def load_image(path: Path | str, mode: str | None = "RGB", *, verify: bool = False) -> Image.Image:
+    """Fully decode `path` (converted to `mode` unless None); any decoding failure names the file.
+
+    PIL decodes lazily, so without `load()` a truncated PNG fails later with an error naming no file.
+    `verify` also checks every chunk's CRC, which decoding skips (for validating a prepared tree)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        if verify:
+            with Image.open(path) as image:
+                image.verify()
+        with Image.open(path) as image:
+            image.load()
+            return image.convert(mode) if mode else image.copy()
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"image {path} does not decode ({type(exc).__name__}: {exc}); the file is "
+                               "truncated or corrupt: replace it (in a DTU tree: run `viewneti data prepare` again)") from None
+
 
 def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
     """(3, H, W) tensor or (H, W, 3) array in [0, 1] -> 8-bit RGB image."""
+    import torch
+
     if torch.is_tensor(image):
         image = image.detach().float().cpu().permute(1, 2, 0).numpy()
     array = np.clip(np.asarray(image, dtype=np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)

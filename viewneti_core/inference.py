@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from viewneti_core import dtu
 from viewneti_core.acceleration import AccelerationOptions, apply_acceleration
-from viewneti_core.atomic_files import temp_dir_beside
+from viewneti_core.atomic_files import save_safetensors, temp_dir_beside
 from viewneti_core.cameras import interpolate_cameras
 from viewneti_core.checkpoints import load_checkpoint_mappers, read_checkpoint_info, resolve_checkpoint
 from viewneti_core.conditioning import VIEW_MAPPER_KEY
 from viewneti_core.config import ViewNetiConfig
-from viewneti_core.images import labelled_grid, save_image_atomic, to_pil
+from viewneti_core.images import labelled_grid, load_image, save_image_atomic, to_pil
 from viewneti_core.model import ViewNetiModel, build_model
 from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
 from viewneti_core.sd_models import load_components, resolve_device, resolve_dtype
@@ -120,7 +120,7 @@ def write_predictions(out_dir: Path, images: dict[tuple[int, int], torch.Tensor]
     try:
         tensors = {f"seed{seed}_cam{cam:02d}": (img * 255 + 0.5).clamp(0, 255).to(torch.uint8).contiguous()
                    for (seed, cam), img in images.items()}
-        save_file(tensors, str(tmp / PREDICTIONS_FILE))
+        save_safetensors(tensors, tmp / PREDICTIONS_FILE)
         index = meta | {"images": [{"seed": s, "cam": c, "key": f"seed{s}_cam{c:02d}"} for s, c in images]}
         (tmp / PREDICTIONS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         for (seed, cam), img in images.items():
@@ -197,9 +197,9 @@ def dtu_ground_truth(root: Path, scan: int, cams: list[int], light: int) -> tupl
     """Ground-truth images and masks (None where the scan has none) for grids and metrics."""
     gts, masks = {}, {}
     for cam in cams:
-        gts[cam] = Image.open(Path(root) / dtu.image_relpath(scan, cam, light)).convert("RGB")
+        gts[cam] = load_image(Path(root) / dtu.image_relpath(scan, cam, light), "RGB")
         mask_path = dtu.find_mask(root, scan, cam)
-        masks[cam] = np.asarray(Image.open(mask_path).convert("L")) if mask_path is not None else None
+        masks[cam] = np.asarray(load_image(mask_path, "L")) if mask_path is not None else None
     return gts, masks
 
 

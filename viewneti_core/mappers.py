@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from viewneti_core.atomic_files import save_safetensors
 from viewneti_core.cameras import CameraNormalization, camera_dim, check_camera_batch, normalize_cameras
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -107,8 +108,18 @@ class NeTIMapper(nn.Module):
     def forward(
         self, timesteps: torch.Tensor, layer_indices: torch.Tensor, cameras: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """timesteps in [0, 1000), layer indices in [0, L), raw cameras (N, C) -> two (N, D) tensors."""
+        """timesteps in [0, 1000), layer indices in [0, L), raw cameras (N, C) -> two float32 (N, D) tensors.
+
+        Always float32, autocast or not: the Fourier features of t (sigma 0.03) resolve differences that
+        bf16 rounds away, and a mapper trained under bf16 autocast would otherwise compute something
+        else than the same mapper at float32 inference (the original trained and sampled in float32).
+        """
         device = self.target_norm.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return self._forward_fp32(timesteps, layer_indices, cameras, device)
+
+    def _forward_fp32(self, timesteps: torch.Tensor, layer_indices: torch.Tensor, cameras: torch.Tensor | None,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         t = timesteps.to(device=device, dtype=torch.float32) / NUM_TRAIN_TIMESTEPS * 2 - 1
         layer = layer_indices.to(device=device, dtype=torch.float32) / self.config.num_unet_layers * 2 - 1
         inputs = [t[:, None], layer[:, None]]
@@ -166,7 +177,7 @@ def save_mapper(mapper: NeTIMapper, path_stem: Path | str) -> tuple[Path, Path]:
     weights = stem.with_suffix(".safetensors")
     meta = stem.with_suffix(".json")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in mapper.state_dict().items()}
-    save_file(tensors, str(weights))
+    save_safetensors(tensors, weights)
     meta.write_text(json.dumps(asdict(mapper.config), indent=2) + "\n")
     return weights, meta
 

@@ -1,9 +1,10 @@
 """DTU novel-view metrics (DESIGN 3.9): masked PSNR, SSIM and LPIPS (VGG) in two protocols, batched on a device.
 
 Preprocessing follows the original ViewNeTI evaluation: ground truth is first resized to 768x576 with
-PIL bicubic, then prediction and ground truth (8-bit) are bicubic-resized (antialiased, rounded back to
-8 bits, like torchvision's `Resize` on uint8 tensors) to 300x400 (H x W). Masks are bicubic-resized to
-300x400 and binarised at > 0.01 after scaling to [0, 1].
+PIL bicubic, then prediction and ground truth (8-bit) are bicubic-resized WITHOUT antialiasing to
+300x400 (H x W) and rounded back to 8 bits: the original ran torchvision 0.14, whose tensor `Resize`
+did not antialias (torchvision >= 0.17 antialiases by default, which raises PSNR by ~0.4 dB on real
+photos). Masks are PIL-bicubic-resized to 300x400 and binarised at > 0.01 after scaling to [0, 1].
 
 - "viewneti": every rendered view, masked-out pixels black for SSIM/LPIPS.
 - "regnerf": the 25 standard DTU test views only, masked-out pixels white for SSIM/LPIPS (the
@@ -13,8 +14,9 @@ PSNR is the same in both: MSE = sum((gt*m - pred*m)^2) / sum(m) over the 3 chann
 
 SSIM re-implements `skimage.metrics.structural_similarity` with its defaults (uniform 7x7 window,
 sample covariance, K1=0.01, K2=0.03, channel axis 0, mean over the valid interior), in float64.
-LPIPS re-implements the `lpips` package's VGG variant (v0.1) so it can run batched on any device and
-so that the backbone weights are never downloaded or replaced behind the user's back.
+LPIPS is the `lpips` package's VGG variant (v0.1), batched on any device, behind checks that name a
+missing weights file before anything is built: the backbone weights are never downloaded or
+replaced behind the user's back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from viewneti_core.images import load_image
 
 EVAL_SIZE = (300, 400)  # (H, W) every image is compared at
 GT_RESIZE = (768, 576)  # (W, H) ground truth is resized to first, the render size of the method
@@ -81,16 +87,17 @@ def check_aspect(height: int, width: int, what: str) -> None:
 
 
 def resize_bicubic_uint8(images: torch.Tensor, size: tuple[int, int] = EVAL_SIZE) -> torch.Tensor:
-    """Antialiased bicubic resize of uint8 (N, C, H, W) images to `size` (H, W), rounded back to uint8.
+    """Bicubic resize (no antialiasing) of uint8 (N, C, H, W) images to `size` (H, W), back to uint8.
 
-    Identical to torchvision's `Resize(size, BICUBIC)` on uint8 tensors (what the original evaluation
-    used), but batched on whatever device the images are on.
+    What torchvision 0.14's `Resize(size, BICUBIC)` did to uint8 tensors in the original evaluation:
+    float bicubic interpolation (a = -0.75, half-pixel centres, edge clamping), clamp to [0, 255],
+    round. Today's torchvision would need `antialias=False` to do the same.
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images.dtype}")
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    out = F.interpolate(images.float(), size=tuple(size), mode="bicubic", antialias=True, align_corners=False)
+    out = F.interpolate(images.float(), size=tuple(size), mode="bicubic", antialias=False, align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -99,18 +106,18 @@ def load_ground_truth(path: Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ground-truth image {path} does not exist")
-    with Image.open(path) as img:
-        check_aspect(img.height, img.width, f"ground-truth image {path}")
-        img = img.convert("RGB").resize(GT_RESIZE, Image.BICUBIC)
-        return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
+    img = load_image(path, "RGB")  # a truncated/corrupt file raises an error naming it
+    check_aspect(img.height, img.width, f"ground-truth image {path}")
+    img = img.resize(GT_RESIZE, Image.BICUBIC)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
 
 
 def load_mask(path: Path, size: tuple[int, int] = EVAL_SIZE) -> torch.Tensor:
     """A DTU object mask as a bool (H, W) tensor at `size`: bicubic resize, then > 0.01 of full scale."""
     path = Path(path)
-    with Image.open(path) as img:
-        check_aspect(img.height, img.width, f"mask {path}")
-        arr = np.asarray(img.convert("L").resize((size[1], size[0]), Image.BICUBIC), dtype=np.float32) / 255.0
+    img = load_image(path, "L")
+    check_aspect(img.height, img.width, f"mask {path}")
+    arr = np.asarray(img.resize((size[1], size[0]), Image.BICUBIC), dtype=np.float32) / 255.0
     return torch.from_numpy(arr > MASK_THRESHOLD)
 
 
@@ -176,14 +183,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: in
 
 # ---- LPIPS (VGG, v0.1) ---------------------------------------------------------------------------
 
-# torchvision VGG16 `features` up to relu5_3 (configuration "D" without the last max-pool).
-_VGG_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-_VGG_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
-_LPIPS_CHANNELS = (64, 128, 256, 512, 512)
-_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-_LPIPS_SCALE = (0.458, 0.448, 0.450)
-
 _verified_files: dict[tuple[str, int, float], bool] = {}
+_TRUNK_KEY = re.compile(r"net\.slice\d\.(\d+)\.(weight|bias)$")  # lpips' VGG slices keep torchvision's indices
 
 
 def vgg16_weights_path() -> Path:
@@ -209,19 +210,34 @@ def _missing_vgg_message(path: Path, problem: str) -> str:
         f"Expected at {path} (the torch hub cache, $TORCH_HOME/hub/checkpoints/). "
         f"Download it from {VGG16_URL} on a machine with internet access, e.g. "
         f"`curl -L --create-dirs -o {path} {VGG16_URL}`, or set TORCH_HOME to a directory that has "
-        f"hub/checkpoints/{VGG16_FILE}. Random weights are never substituted; tests may ask for "
-        "backbone_weights='random' explicitly, and such results are labelled lpips_backbone='random'."
+        f"hub/checkpoints/{VGG16_FILE}. Random weights are never substituted. Without the file: "
+        "`viewneti evaluate --lpips none` skips LPIPS (NaN column), `--lpips random` uses a random "
+        "backbone for tests, labelled lpips_backbone='random' in every row; in the pipeline the same "
+        "choices are `evaluation.lpips_weights: none|random`."
     )
 
 
 def check_lpips_weights(backbone_weights: str) -> str:
-    """Fail fast (MissingWeightsError) when LPIPS will need the pretrained VGG16 file and it is absent
-    or damaged; run before hours of work whose last step is the evaluation. Returns what will be used."""
-    if backbone_weights != "pretrained":
+    """Fail fast (MissingWeightsError) when LPIPS will need files that are absent or damaged: the
+    `lpips` package's linear layers and, for "pretrained", the VGG16 file. Run before hours of work
+    whose last step is the evaluation; every missing file is named in one error. Returns what will
+    be used."""
+    if backbone_weights == "none":
         return backbone_weights
+    problems = []
+    try:
+        lpips_linear_weights_path()
+    except MissingWeightsError as exc:
+        problems.append(str(exc))
     path = vgg16_weights_path()
-    _check_vgg_file(path)
-    return str(path)
+    if backbone_weights == "pretrained":
+        try:
+            _check_vgg_file(path)
+        except MissingWeightsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise MissingWeightsError("\n".join(problems))
+    return str(path) if backbone_weights == "pretrained" else backbone_weights
 
 
 def _check_vgg_file(path: Path) -> None:
@@ -243,76 +259,64 @@ def _check_vgg_file(path: Path) -> None:
     _verified_files[key] = True
 
 
-def _vgg_features() -> nn.Sequential:
-    layers: list[nn.Module] = []
-    channels = 3
-    for v in _VGG_CFG:
-        if v == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            layers += [nn.Conv2d(channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
-            channels = v
-    return nn.Sequential(*layers)
-
-
 class LPIPS(nn.Module):
-    """LPIPS with the VGG16 trunk, numerically the `lpips` package's `LPIPS(net="vgg", version="0.1")`.
+    """The `lpips` package's own `LPIPS(net="vgg", version="0.1")`, behind our checks.
 
     backbone_weights:
-      "pretrained": torchvision's ImageNet VGG16 from the torch hub cache (see `vgg16_weights_path`);
-                    a clear MissingWeightsError if it is absent — never a silent substitute.
-      "random":     a seeded, torchvision-style random init, for tests only; `backbone_label` says so
-                    and evaluation tables carry it in their `lpips_backbone` column.
-    The linear layers always come from the `lpips` package (they ship with it, no download).
-    Inputs are (N, 3, H, W) in [-1, 1]; the output is (N,).
+      "pretrained": torchvision's ImageNet VGG16 from the torch hub cache (see `vgg16_weights_path`),
+                    checked (name, sha256 prefix) before anything is built: a clear MissingWeightsError
+                    if it is absent, never a download or a silent substitute.
+      "random":     a seeded torchvision random init of the trunk, for tests only; `backbone_label`
+                    says so and evaluation tables carry it in their `lpips_backbone` column.
+    The package always builds with a random trunk (`pnet_rand=True`: torchvision would fetch the VGG
+    file itself, unpickling it with `weights_only=False`); the checked file is then loaded here with
+    `weights_only=True`. The linear layers are the ones shipped in the package. Inputs are
+    (N, 3, H, W) in [-1, 1] on any device; the output is (N,).
     """
 
-    def __init__(self, backbone_weights: str = "pretrained", seed: int = 0, vgg_path: Path | None = None):
+    def __init__(self, backbone_weights: str = "pretrained", seed: int = 0):
         super().__init__()
         if backbone_weights not in ("pretrained", "random"):
             raise ValueError(f"backbone_weights must be 'pretrained' or 'random', got {backbone_weights!r}")
+        check_lpips_weights(backbone_weights)
+        import lpips
+
         self.backbone_label = backbone_weights
-        self.features = _vgg_features()
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in _LPIPS_CHANNELS)
-        self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor(_LPIPS_SCALE).view(1, 3, 1, 1))
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            # torchvision's notes on the `pretrained=` argument lpips 0.1.4 still passes
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+            torch.manual_seed(seed)
+            self.net = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False,
+                                   model_path=str(lpips_linear_weights_path()))
         if backbone_weights == "pretrained":
-            self._load_pretrained_backbone(Path(vgg_path) if vgg_path is not None else vgg16_weights_path())
-        else:
-            self._random_backbone(seed)
-        lin_state = torch.load(lpips_linear_weights_path(), map_location="cpu", weights_only=True)
-        for k, lin in enumerate(self.lins):
-            lin.weight.data.copy_(lin_state[f"lin{k}.model.1.weight"])
+            self._load_backbone(vgg16_weights_path())
         self.requires_grad_(False)
         self.eval()
 
-    def _load_pretrained_backbone(self, path: Path) -> None:
-        _check_vgg_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        ours = {f"{i}.{p}": state[f"features.{i}.{p}"] for i, m in enumerate(self.features)
-                if isinstance(m, nn.Conv2d) for p in ("weight", "bias")}
-        self.features.load_state_dict(ours, strict=True)
+    def trunk_parameters(self) -> dict[str, torch.Tensor]:
+        """The VGG16 conv parameters under torchvision's `features.{i}.{weight,bias}` names."""
+        out = {}
+        for key, value in self.net.state_dict().items():
+            match = _TRUNK_KEY.match(key)
+            if match:
+                out[f"features.{match.group(1)}.{match.group(2)}"] = value
+        return out
 
-    def _random_backbone(self, seed: int) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        for m in self.features:
-            if isinstance(m, nn.Conv2d):  # torchvision's VGG init
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
-                nn.init.zeros_(m.bias)
+    def _load_backbone(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        trunk = {}
+        for key in self.net.state_dict():
+            match = _TRUNK_KEY.match(key)
+            if match:
+                name = f"features.{match.group(1)}.{match.group(2)}"
+                if name not in state:
+                    raise MissingWeightsError(_missing_vgg_message(path, f"it has no tensor {name}"))
+                trunk[key] = state[name]
+        missing, unexpected = self.net.load_state_dict(trunk, strict=False)
+        assert not unexpected and not [k for k in missing if k.startswith("net.")], (missing, unexpected)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        h = (torch.cat([x, y]) - self.shift) / self.scale
-        total = torch.zeros(n, device=x.device, dtype=x.dtype)
-        taps = iter(zip(_VGG_TAPS, self.lins, strict=True))
-        tap, lin = next(taps)
-        for i, layer in enumerate(self.features):
-            h = layer(h)
-            if i == tap:
-                f = h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
-                total = total + lin((f[:n] - f[n:]) ** 2).mean(dim=(1, 2, 3))
-                tap, lin = next(taps, (None, None))
-        return total
+        return self.net(x, y).flatten()
 
 
 # ---- one batch of images, one protocol ---------------------------------------------------------------

@@ -32,10 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
 from viewneti_core import dtu
 from viewneti_core.archives import (
+    DEFAULT_LIMITS,
+    CorruptArchiveError,
+    DestinationError,
+    ExtractionLimits,
     InsufficientSpaceError,
     NotAnArchiveError,
     UnsafeArchiveError,
@@ -44,6 +47,7 @@ from viewneti_core.archives import (
     member_names,
 )
 from viewneti_core.download import DownloadError, FetchedFile, fetch, is_url, local_path, url_filename
+from viewneti_core.images import ImageDecodeError, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +128,12 @@ def prepare_dtu(
     backoff_s: float = 2.0,
     timeout_s: float = 60.0,
     progress: bool = True,
+    limits: ExtractionLimits = DEFAULT_LIMITS,
 ) -> PrepareResult:
     """Prepare `out_dir` from `sources` (URLs or paths; default: the official DTU archives).
 
-    `sha256` maps a source (exact string, or its file name) to the expected hex digest.
+    `sha256` maps a source (exact string, or its file name) to the expected hex digest; `limits`
+    bound what one archive member may inflate to.
     """
     sources = [str(s) for s in sources] if sources else list(DEFAULT_SOURCES)
     scans = _normalise_scans(scans)
@@ -161,7 +167,7 @@ def prepare_dtu(
             if not mapping:
                 continue
             if inv.is_zip:
-                extract_members(inv.fetched.path, mapping, out_dir, progress=progress)
+                _extract(inv, mapping, out_dir, progress, limits)
             else:
                 copy_files(inv.fetched.path, mapping, out_dir, progress=progress)
 
@@ -243,10 +249,11 @@ def code_version() -> str:
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `viewneti data prepare`."""
-    parser.add_argument("--source", action="append", default=[], metavar="URL_OR_PATH",
-                        help="DTU archive (http(s) URL, zip file, file:// URL) or extracted tree; repeat "
-                             "for several. Default: the official Rectified.zip and SampleSet.zip. Masks "
-                             "(RegNeRF/IDR release) have no official URL: pass them here.")
+    parser.add_argument("--source", action="extend", nargs="+", default=[], metavar="URL_OR_PATH",
+                        help="DTU archive(s) (http(s) URL, zip file, file:// URL) or extracted tree(s); "
+                             "list several after one --source, or repeat it. Default: the official "
+                             "Rectified.zip and SampleSet.zip. Masks (RegNeRF/IDR release) have no "
+                             "official URL: pass them here.")
     parser.add_argument("--scans", required=True, type=parse_scans,
                         help="comma list of scan numbers / ranges, or test, pretrain, all")
     parser.add_argument("--out", required=True, type=Path, help="output directory of the prepared tree")
@@ -274,7 +281,8 @@ def run_prepare(args: argparse.Namespace) -> int:
             args.source, args.scans, args.out, light=args.light, sha256=checksums,
             cache_dir=args.cache_dir, retries=args.retries, progress=not args.no_progress,
         )
-    except (PrepareError, DownloadError, UnsafeArchiveError, InsufficientSpaceError) as exc:
+    except (PrepareError, DownloadError, UnsafeArchiveError, InsufficientSpaceError, CorruptArchiveError,
+            DestinationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(result.message)
@@ -293,9 +301,23 @@ def _fetch_source(source: str, cache_dir: Path, sha256: str | None, retries: int
                   timeout_s: float, progress: bool) -> FetchedFile:
     try:
         return fetch(source, cache_dir, sha256=sha256, retries=retries, backoff_s=backoff_s,
-                     timeout_s=timeout_s, progress=progress)
+                     timeout_s=timeout_s, progress=progress, expect_zip=True)
     except FileNotFoundError as exc:
         raise PrepareError(str(exc)) from None
+
+
+def _extract(inv: _Inventory, mapping: dict[str, str], out_dir: Path, progress: bool,
+             limits: ExtractionLimits) -> None:
+    try:
+        extract_members(inv.fetched.path, mapping, out_dir, progress=progress, limits=limits)
+    except CorruptArchiveError as exc:
+        if not inv.fetched.downloaded:
+            raise
+        # Not deleted automatically: a damaged member may be the server's copy, and a re-download
+        # of 100+ GB should be the user's decision.
+        raise CorruptArchiveError(
+            f"{exc}. {inv.fetched.path} was downloaded from {inv.label}: delete it to download it again "
+            "(--sha256 checks a download against a published digest)") from None
 
 
 def _inventory(fetched: FetchedFile) -> _Inventory:
@@ -453,13 +475,11 @@ def _validate_tree(out_dir: Path, scans: list[int], light: int,
 
 
 def _decoded_size(root: Path, rel: str) -> tuple[int, int]:
-    path = root / rel
+    """Size of a fully decoded image whose chunk CRCs hold (decoding alone skips some of them)."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.size
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise TreeValidationError(f"{path} does not decode as an image ({exc})") from None
+        return load_image(root / rel, mode=None, verify=True).size
+    except (ImageDecodeError, OSError) as exc:
+        raise TreeValidationError(str(exc)) from None
 
 
 def _manifest_frame(out_dir: Path, scans: list[int], light: int, mask_keys: set[tuple[int, int]],

@@ -43,16 +43,25 @@ class SamplerSettings:
     height: int = 576
     width: int = 768
     batch_size: int = 8  # requests per UNet call (each request is two rows: uncond and cond)
+    final_sigmas_type: str = "sigma_min"  # the original's last step (diffusers 0.14); "zero" is today's default
 
     @classmethod
     def from_config(cls, config) -> SamplerSettings:
         """The `eval` section of a ViewNetiConfig."""
         e = config.eval
-        return cls(e.num_denoising_steps, e.guidance_scale, e.height, e.width, e.eval_batch_size)
+        return cls(e.num_denoising_steps, e.guidance_scale, e.height, e.width, e.eval_batch_size, e.final_sigmas_type)
 
 
-def make_dpm_solver(components: SDComponents, num_inference_steps: int) -> DPMSolverMultistepScheduler:
-    scheduler = DPMSolverMultistepScheduler.from_config(components.scheduler.config)
+def make_dpm_solver(components: SDComponents, num_inference_steps: int,
+                    final_sigmas_type: str = "sigma_min") -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ from the model's scheduler config.
+
+    The original ran diffusers 0.14, whose last step lands on the noise level of timestep 0
+    (sigma_min), not on zero noise as diffusers >= 0.26 does by default (`final_sigmas_type="zero"`,
+    which also forces a first-order last step): "sigma_min" reproduces it.
+    """
+    scheduler = DPMSolverMultistepScheduler.from_config(components.scheduler.config,
+                                                        final_sigmas_type=final_sigmas_type)
     scheduler.set_timesteps(num_inference_steps, device=components.device)
     return scheduler
 
@@ -105,7 +114,7 @@ class ViewNetiSampler:
     def _sample_batch(self, batch: Sequence[SampleRequest], bar: tqdm) -> torch.Tensor:
         components, settings = self.components, self.settings
         device, unet = components.device, components.unet
-        scheduler = make_dpm_solver(components, settings.num_inference_steps)
+        scheduler = make_dpm_solver(components, settings.num_inference_steps, settings.final_sigmas_type)
         timesteps = scheduler.timesteps
 
         keys, values = self._contexts(batch, timesteps)  # (T, L, 2B, 77, D) each

@@ -11,6 +11,7 @@ every downstream table can say so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from viewneti_core.atomic_files import temp_dir_beside
+from viewneti_core.atomic_files import normalize_modes, temp_dir_beside
 from viewneti_core.errors import ModelNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -180,10 +181,12 @@ def save_components(components: SDComponents, out_dir: Path | str, builder: str 
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        pipeline.save_pretrained(tmp, safe_serialization=True)
+        with _quiet_progress_bars():
+            pipeline.save_pretrained(tmp, safe_serialization=True)
         _write_explicit_scheduler_config(components.scheduler, tmp / "scheduler" / "scheduler_config.json")
         info = {"weights": components.weights, "builder": builder, "note": _weights_note(components.weights)}
         (tmp / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        normalize_modes(tmp)  # diffusers writes its safetensors files 0600
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)
@@ -287,16 +290,39 @@ def check_model_available(name_or_path: str | Path, revision: str | None = None)
     return name
 
 
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    """Without transformers' and diffusers' per-component "Loading weights" / "Writing model shards"
+    bars (a pipeline demo printed 13 of them for a model read from a local disk in milliseconds)."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    hub_on = not are_progress_bars_disabled()
+    libraries = [lib for lib in (transformers_logging, diffusers_logging) if lib.is_progress_bar_enabled()]
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libraries:
+            lib.enable_progress_bar()
+        (enable_progress_bars if hub_on else disable_progress_bars)()
+
+
 def _load_diffusers_components(name: str, revision: str | None, dtype: torch.dtype) -> SDComponents:
     path = Path(name).expanduser()
     source = _local_source(name) if _looks_local(name) else name
     kwargs = {"revision": revision} if revision else {}
+    # From a local directory there is nothing to wait for; a hub download keeps its progress bars.
+    quiet = _quiet_progress_bars() if _looks_local(name) else contextlib.nullcontext()
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **kwargs)
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs)
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs)
-        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
+        with quiet:
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **kwargs)
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs)
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs)
+            scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
     except (OSError, ValueError) as exc:  # hub errors derive from OSError; bad configs raise ValueError
         raise _not_found(name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
     weights = "pretrained"

@@ -1,5 +1,10 @@
-"""Paper-style summary of evaluation tables: test views only, mean over views per (scan, seed), then over
-seeds and scans, per (protocol, n_views, step, weights, ...). Writes Parquet, CSV, Markdown and plots.
+"""Paper-style summary of evaluation tables: mean over views per (scan, seed), then over seeds and scans,
+per (protocol, n_views, step, weights, ...). Writes Parquet, CSV, Markdown and plots.
+
+Two averagings, told apart by the `views` column. `test` (the primary number, DESIGN 3.9) averages the
+test views only. `all` averages every rendered view, the run's own training views included, which is
+what the original's `scripts/summarize_dtu.py` printed; it exists so users can compare with the released
+script's numbers and is computed for the `viewneti` protocol only (the original had no other).
 
 Groups never mix things that must not be averaged together: random and pretrained base weights,
 masked and unmasked scans, LPIPS backbones, evaluation sizes. NaN (e.g. LPIPS not computed) propagates
@@ -83,11 +88,15 @@ def _strict_std(s: pd.Series) -> float:
     return s.std(skipna=False)  # sample std (ddof=1): NaN for a single value
 
 
+VIEW_SETS = {"test": ("test",), "all": ("train", "test")}  # `views` value -> roles averaged
+
+
 def summary_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary, per_scan): the summary has `{metric}_mean`, `{metric}_std_scans`, `{metric}_std_seeds`.
 
-    per (scan, seed): mean over its test views; per scan: mean over seeds; mean and std over scans.
-    std_seeds is the std over seeds of the per-seed means over scans.
+    per (scan, seed): mean over its views; per scan: mean over seeds; mean and std over scans.
+    std_seeds is the std over seeds of the per-seed means over scans. Both are given for test views
+    (`views == "test"`); the summary also has the original's all-views rows (`views == "all"`).
     """
     test = df[df["role"] == "test"]
     if test.empty:
@@ -97,8 +106,22 @@ def summary_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         runs = sorted(test.loc[clash, "run"].unique())
         raise ValueError(f"runs {runs} evaluate the same scan, seed and view under identical settings: "
                          "they would be averaged together; summarise them separately")
-    per_ss = test.groupby(GROUP_KEYS + ["scan", "seed"], dropna=False).agg(
-        **{m: (m, _strict_mean) for m in METRICS}, test_views=("cam", "nunique")
+    summary, per_scan = _summarize_views(test)
+    rendered = df[df["role"].isin(VIEW_SETS["all"]) & (df["protocol"] == "viewneti")]
+    frames = [summary.assign(views="test")]
+    if not rendered.empty:
+        frames.append(_summarize_views(rendered)[0].assign(views="all"))
+    summary = pd.concat(frames, ignore_index=True)
+    order = ["views"] + [c for c in summary.columns if c != "views"]
+    summary = summary[order].sort_values(["views", "protocol", "n_views", "step", "weights", "masked"],
+                                         ascending=[False, True, True, True, True, True]).reset_index(drop=True)
+    return summary, per_scan
+
+
+def _summarize_views(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean over the given rows' views per (scan, seed), then over seeds per scan, then over scans."""
+    per_ss = rows.groupby(GROUP_KEYS + ["scan", "seed"], dropna=False).agg(
+        **{m: (m, _strict_mean) for m in METRICS}, n_views_averaged=("cam", "nunique")
     ).reset_index()
     per_scan = per_ss.groupby(GROUP_KEYS + ["scan"], dropna=False).agg(
         **{m: (m, _strict_mean) for m in METRICS}, **{f"{m}_std_seeds": (m, _strict_std) for m in METRICS},
@@ -113,13 +136,12 @@ def summary_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         **{f"{m}_std_seeds": (m, _strict_std) for m in METRICS}, n_seeds=("seed", "nunique"),
     ).reset_index()
     views = per_ss.groupby(GROUP_KEYS, dropna=False).agg(
-        min_test_views=("test_views", "min"), max_test_views=("test_views", "max")
+        min_views=("n_views_averaged", "min"), max_views=("n_views_averaged", "max")
     ).reset_index()
     summary = summary.merge(seeds, on=GROUP_KEYS).merge(views, on=GROUP_KEYS)
     order = GROUP_KEYS + [f"{m}_{s}" for m in METRICS for s in ("mean", "std_scans", "std_seeds")] + [
-        "n_scans", "n_seeds", "min_test_views", "max_test_views", "scans"]
-    summary = summary[order].sort_values(["protocol", "n_views", "step", "weights", "masked"]).reset_index(drop=True)
-    return summary, per_scan
+        "n_scans", "n_seeds", "min_views", "max_views", "scans"]
+    return summary[order], per_scan
 
 
 def _fmt(mean: float, std: float, digits: int) -> str:
@@ -128,15 +150,9 @@ def _fmt(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if not pd.isna(std) else "")
 
 
-def markdown_table(summary: pd.DataFrame) -> str:
-    random = bool((summary["weights"] == "random").any())
-    lines = ["# ViewNeTI DTU evaluation summary", ""]
-    if random:
-        lines += [RANDOM_BANNER, ""]
-    lines += [
-        "Test views only. Per (scan, seed): mean over test views; then mean over seeds per scan; shown: "
-        "mean ± std over scans (std over seeds in the `std_seeds` columns of summary.csv).", "",
-        "| protocol | n_views | step | weights | masked | LPIPS backbone | scans | seeds | test views "
+def _markdown_rows(summary: pd.DataFrame) -> list[str]:
+    lines = [
+        "| protocol | n_views | step | weights | masked | LPIPS backbone | scans | seeds | views averaged "
         "| PSNR ↑ | SSIM ↑ | LPIPS ↓ |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -144,12 +160,35 @@ def markdown_table(summary: pd.DataFrame) -> str:
         weights = "**RANDOM**" if r.weights == "random" else r.weights
         masked = "yes" if r.masked else "**NO (unmasked)**"
         backbone = "**random (test only)**" if r.lpips_backbone == "random" else r.lpips_backbone
-        views = str(r.min_test_views) if r.min_test_views == r.max_test_views else f"{r.min_test_views}-{r.max_test_views}"
+        views = str(r.min_views) if r.min_views == r.max_views else f"{r.min_views}-{r.max_views}"
         lines.append(
             f"| {r.protocol} | {r.n_views} | {r.step} | {weights} | {masked} | {backbone} | {r.scans} | {r.n_seeds} "
             f"| {views} | {_fmt(r.psnr_mean, r.psnr_std_scans, 2)} | {_fmt(r.ssim_mean, r.ssim_std_scans, 3)} "
             f"| {_fmt(r.lpips_mean, r.lpips_std_scans, 3)} |"
         )
+    return lines
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    random = bool((summary["weights"] == "random").any())
+    lines = ["# ViewNeTI DTU evaluation summary", ""]
+    if random:
+        lines += [RANDOM_BANNER, ""]
+    lines += [
+        "## Test views (primary)", "",
+        "Test views only. Per (scan, seed): mean over test views; then mean over seeds per scan; shown: "
+        "mean ± std over scans (std over seeds in the `std_seeds` columns of summary.csv).", "",
+        *_markdown_rows(summary[summary["views"] == "test"]),
+    ]
+    all_views = summary[summary["views"] == "all"]
+    if not all_views.empty:
+        lines += [
+            "", "## All rendered views (the original's `scripts/summarize_dtu.py` averaging)", "",
+            "Every rendered view, the run's own training views included, as the released script averaged "
+            "them (viewneti protocol). For comparison with that script's output only: training views "
+            "inflate these numbers.", "",
+            *_markdown_rows(all_views),
+        ]
     notes = []
     if (~summary["masked"]).any():
         notes.append("Rows with masked = NO cover whole images (no object masks for those scans); they are "
@@ -197,26 +236,50 @@ def _plots(df: pd.DataFrame, per_scan: pd.DataFrame, out_dir: Path, random: bool
     paths.append(_atomic(out_dir / "psnr_per_scan.png", lambda p: fig.savefig(p, format="png", dpi=100)))
     plt.close(fig)
 
-    # Per view: the viewneti protocol covers every rendered view (regnerf only the 25 test views).
+    fig = per_view_figure(df, suffix)
+    paths.append(_atomic(out_dir / "metrics_per_view.png", lambda p: fig.savefig(p, format="png", dpi=100)))
+    plt.close(fig)
+    return paths
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+_PER_VIEW_KEYS = ["protocol", "n_views", "step", "weights", "masked"]
+
+
+def per_view_figure(df: pd.DataFrame, suffix: str = ""):
+    """PSNR and LPIPS per camera, one series per configuration (e.g. 1 and 3 views).
+
+    Series of one camera would sit on top of each other (the 1-view run hidden behind the 3-view
+    one), so each gets its own small x offset, marker and some transparency.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    # The viewneti protocol covers every rendered view (regnerf only the 25 test views).
     views = df[df["role"].isin(["train", "test"])]
     if (views["protocol"] == "viewneti").any():
         views = views[views["protocol"] == "viewneti"]
+    groups = list(views.groupby(_PER_VIEW_KEYS, sort=True))
+    spacing = 0.6 / max(1, len(groups))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for metric, ax in zip(("psnr", "lpips"), axes, strict=True):
-        for key, g in views.groupby(config, sort=True):
+        for i, (key, g) in enumerate(groups):
+            offset = (i - (len(groups) - 1) / 2) * spacing
             per_cam = g.groupby(["cam", "role"])[metric].agg(_strict_mean).reset_index()
-            line = ax.plot(per_cam["cam"], per_cam[metric], "o", ms=4, label=_label(key))[0]
+            marker = _MARKERS[i % len(_MARKERS)]
+            line = ax.plot(per_cam["cam"] + offset, per_cam[metric], marker, ms=5, alpha=0.75, linestyle="none",
+                           label=_label(key))[0]
             train = per_cam[per_cam["role"] == "train"]
-            ax.plot(train["cam"], train[metric], "*", ms=12, color=line.get_color())
+            ax.plot(train["cam"] + offset, train[metric], "*", ms=12, alpha=0.75, color=line.get_color())
         if views[metric].isna().all():
             ax.text(0.5, 0.5, f"{metric.upper()} not computed", transform=ax.transAxes, ha="center")
         ax.set(xlabel="DTU camera index (stars: training views)", ylabel=metric.upper(),
                title=f"{metric.upper()} per view{suffix}")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(_atomic(out_dir / "metrics_per_view.png", lambda p: fig.savefig(p, format="png", dpi=100)))
-    plt.close(fig)
-    return paths
+    return fig
 
 
 def summarize(parquet_paths: Sequence[Path], out_dir: Path) -> SummaryResult:

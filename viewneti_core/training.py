@@ -20,16 +20,21 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from torch import nn
 from tqdm.auto import tqdm
 
+from viewneti_core.atomic_files import temp_file_beside
 from viewneti_core.checkpoints import (
+    RESUMABLE_KEYS,
     TrainingState,
+    list_checkpoints,
     load_checkpoint_mappers,
     load_training_state,
+    read_checkpoint_info,
     resolve_checkpoint,
+    resume_problems,
     save_checkpoint,
 )
 from viewneti_core.conditioning import VIEW_MAPPER_KEY, TextConditioner
@@ -151,7 +156,7 @@ def check_training_inputs(config: ViewNetiConfig, resume: str | None) -> None:
             "log.overwrite_ok true to start over, or choose another log.exp_name"
         )
     if resume is not None and not existing:
-        raise TrainingSetupError(f"cannot resume: run directory {run_dir} does not exist")
+        raise TrainingSetupError(f"cannot resume: run directory {run_dir} does not exist (drop --resume to start it)")
     if config.optim.cache_vae_posteriors and (mode == 0 or config.data.augmentation != "none"):
         raise TrainingSetupError(
             "optim.cache_vae_posteriors encodes every image once, so it needs un-augmented data: set "
@@ -162,6 +167,68 @@ def check_training_inputs(config: ViewNetiConfig, resume: str | None) -> None:
             import wandb  # noqa: F401
         except ImportError:
             raise TrainingSetupError("log.report_to is 'wandb' but wandb is not installed: pip install 'viewneti[wandb]'") from None
+
+
+def resume_checkpoint_of(config: ViewNetiConfig, resume: str | int | Path) -> Path:
+    """The checkpoint `resume` names, if the run of `config` may continue it; else say why and what to do."""
+    run_dir = run_dir_of(config)
+    start_over = ("to start over set log.overwrite_ok true (the run's checkpoints and metrics are replaced) or "
+                  "choose another log.exp_name")
+    if str(resume) == "latest" or str(resume).isdigit():
+        if not list_checkpoints(run_dir):
+            raise TrainingSetupError(
+                f"cannot resume {run_dir}: it holds no checkpoint yet (the run stopped before its first one; "
+                f"they are written every log.save_steps steps); {start_over}"
+            )
+    checkpoint = resolve_checkpoint(run_dir, resume)
+    problems = resume_problems(checkpoint, config.model_dump(mode="json"))
+    if problems:
+        raise TrainingSetupError(
+            f"cannot resume from {checkpoint}: " + "; ".join(problems) + ". Continue it with its own "
+            f"configuration ({run_dir / 'config.yaml'}; only {', '.join(RESUMABLE_KEYS)} may change), or "
+            + start_over
+        )
+    return checkpoint
+
+
+def check_new_tokens(tokenizer, tokens: list[str], source: str) -> None:
+    """Placeholders must be new to the tokenizer: a mapper replaces every position of its token, so an
+    existing one (a word, or `<|endoftext|>` which pads every prompt) would be replaced everywhere."""
+    vocab = tokenizer.get_vocab()
+    ours = {t.content for t in tokenizer.added_tokens_decoder.values() if not t.special}  # placeholders added earlier
+    taken = [t for t in dict.fromkeys(tokens) if t in vocab and t not in ours]
+    if taken:
+        raise TrainingSetupError(
+            f"placeholder token(s) {', '.join(taken)} already exist in the tokenizer of {source}: choose new names "
+            "(data.placeholder_view_token, data.placeholder_object_token, data.scan_token_pattern)"
+        )
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records of steps up to `step` (the resumed checkpoint's): the steps after it are trained
+    again. Lines cut short by the interruption are dropped. Replaced atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if record_step <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept == lines:
+        return
+    fd, tmp = temp_file_beside(path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("%s: dropped %d record(s) after step %d", path, len(lines) - len(kept), step)
 
 
 # ---- model -------------------------------------------------------------------------------------
@@ -215,7 +282,7 @@ def train(
     """Train the mappers of `config.learnable_mode`; `on_step_end(step)` runs after each optimizer step."""
     check_training_inputs(config, resume)
     run_dir = run_dir_of(config)
-    resume_checkpoint = resolve_checkpoint(run_dir, resume) if resume is not None else None
+    resume_checkpoint = resume_checkpoint_of(config, resume) if resume is not None else None
     data = build_training_data(config)  # fails on unusable data before anything is written
 
     optim = config.optim
@@ -230,8 +297,8 @@ def train(
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # mode 3 uses one scene per step
         cpu=resolve_device(config.run.device).type == "cpu",
     )
-    if optim.seed is not None and resume_checkpoint is None:
-        torch.manual_seed(optim.seed)
+    if optim.seed is not None and resume_checkpoint is None:  # a resumed run restores every RNG instead
+        set_seed(optim.seed)  # python's random, numpy's global RNG, torch (CPU and every GPU)
     if optim.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
 
@@ -243,6 +310,7 @@ def train(
         )
     else:
         components.to(device=accelerator.device, dtype=weight_dtype).freeze()
+    check_new_tokens(components.tokenizer, [config.data.placeholder_view_token, *data.object_tokens], components.source)
     model = build_training_model(config, components, data, resume_checkpoint)
     conditioner = model.conditioner
 
@@ -250,6 +318,8 @@ def train(
         if resume_checkpoint is None and run_dir.exists() and config.log.overwrite_ok:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        elif resume_checkpoint is not None:
+            truncate_metrics(run_dir / METRICS_FILE, read_checkpoint_info(resume_checkpoint)["step"])
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_config(config))
 
@@ -275,8 +345,9 @@ def train(
         accelerator.init_trackers(config.log.exp_name)
 
     logger.info(
-        "training mode %d: %d trainable mapper parameters, %d images, lr %.2e, %d steps",
-        config.learnable_mode, sum(p.numel() for p in trainable), len(data.dataset), lr, optim.max_train_steps,
+        "training mode %d: %d trainable mapper parameters, %d images (each seen %d times per epoch), lr %.2e, "
+        "%d steps", config.learnable_mode, sum(p.numel() for p in trainable), len(data.dataset.images),
+        data.dataset.repeats, lr, optim.max_train_steps,
     )
     posteriors = cache_vae_posteriors(components.vae, data.dataset, weight_dtype) if optim.cache_vae_posteriors else None
     losses: list[float] = []
