@@ -31,7 +31,7 @@ from bench.common import (
     write_json_atomic,
 )
 from bench.setup import DTYPE_NAMES, DTYPES
-from viewneti_core.acceleration import COMPILE_MODES, AccelerationOptions
+from viewneti_core.acceleration import COMPILE_MODES, AccelerationOptions, compile_cache_dir
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
                       help="reduce-overhead adds CUDA graphs; max-autotune* autotune GEMMs (slow to compile)")
     fast.add_argument("--compile-vae", action="store_true", help="also torch.compile the VAE encoder and decoder")
     fast.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    fast.add_argument("--compile-cache-dir", type=Path, default=None,
+                      help="inductor/triton cache (default: run.compile_cache_dir's, ~/.cache/viewneti/compile)")
     fast.add_argument("--no-fuse", dest="fuse", action="store_false", help="do not fuse self-attention projections")
     scene = p.add_argument_group("scene inference")
     scene.add_argument("--views", type=int, default=34)
@@ -64,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     scene.add_argument("--steps", type=int, default=30)
     scene.add_argument("--size", type=_size, default=(768, 576), help="WxH of rendered images")
     scene.add_argument("--batch-size", type=int, default=8, help="requests per UNet call (x2 rows with CFG)")
+    scene.add_argument("--decode-batch-size", type=int, default=4, help="images per VAE decode call")
     scene.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up run (best is kept)")
     scene.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed cold run")
     scene.add_argument("--reference-requests", type=int, default=None,
@@ -79,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--reference-train-steps", type=int, default=None, help="timed reference steps (default: same)")
     train.add_argument("--train-reference-dtype", choices=list(DTYPES), default="fp32",
                        help="the original trained in fp32")
+    train.add_argument("--no-train-loop", dest="train_loop", action="store_false",
+                       help="skip timing the real train() loop (DataLoader, augmentation, accelerate)")
     train.add_argument("--scenes", type=int, default=88, help="object mappers in mode 3 (88 pretraining scans)")
     p.add_argument("--no-reference", dest="reference", action="store_false")
     p.add_argument("--no-flops", dest="flops", action="store_false")
@@ -100,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args.acceleration = AccelerationOptions(
         dtype=DTYPE_NAMES[args.dtype], channels_last=args.channels_last, fuse_self_attention=args.fuse,
         compile_unet=args.compile, compile_mode=args.compile_mode, compile_vae=args.compile_vae,
+        tf32=args.device == "cuda",  # as `viewneti infer` on CUDA (AccelerationOptions.from_config)
+        compile_cache_dir=str(compile_cache_dir(args.compile_cache_dir)) if args.compile or args.compile_vae else None,
     )
     device = torch.device(args.device)
     peak, peak_label = reference_peak(device, DTYPES[args.dtype])

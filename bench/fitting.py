@@ -5,7 +5,8 @@ and for the reference-style path (per-layer encoder calls, fp32).
 What one optimizer step is here: `accumulation` micro-batches of `batch` images, each
 `diffusion_loss` forward + backward (loss / accumulation, as accelerate scales it), then AdamW.step
 and zero_grad. Not included: data loading and augmentation (CPU dataloader workers run them
-concurrently in training), checkpoint writes and validation renders.
+concurrently in training), checkpoint writes and validation renders. The real `train()` loop, which
+includes them (validation off), is timed next to it (bench/train_loop.py, `ours_train_loop`).
 Multi-GPU (mode 3): launch with `torchrun --nproc_per_node N -m bench pretrain ...`; each process
 wraps the mapper module in DDP (find_unused_parameters, as training does) and throughput is
 reported as global optimizer steps per second (each consuming N x batch x accumulation images).
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from bench.common import count_flops, peak_memory, reset_peak_memory, synchronize, tflops
 from bench.reference_path import reference_diffusion_loss
 from bench.setup import DTYPES, build_bench_model
+from bench.train_loop import run_train_loop
 from viewneti_core import dtu
 from viewneti_core.training import MapperForward, diffusion_loss
 
@@ -127,7 +129,7 @@ def _run_reference(args, device, mode, num_scenes) -> dict:
     ref = build_bench_model(args.model, device, ref_dtype, mode=mode, num_scenes=num_scenes, acceleration=None)
     return _measure(
         ref, lambda p, i, c: reference_diffusion_loss(ref.components, ref.conditioner, p, i, c), None, mode,
-        args, device, ref_dtype, args.reference_train_steps or args.train_steps, min(args.train_warmup, 1), False,
+        args, device, ref_dtype, args.reference_train_steps or args.train_steps, args.train_warmup, False,  # same warm-up
     )
 
 
@@ -165,6 +167,13 @@ def run(args, peak_tflops: float | None, mode: int) -> dict:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    if args.train_loop and not ddp:  # what `viewneti train` runs, data loading included
+        loop = run_train_loop(args, mode, device, dtype)
+        loop[f"projected_{target_steps}_steps_s"] = target_steps / loop["steps_per_s"]
+        result["ours_train_loop"] = loop
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     if args.reference and not ddp:
         tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -178,13 +187,17 @@ def run(args, peak_tflops: float | None, mode: int) -> dict:
             ref_out["share_of_peak"] = ref_out["tflops_per_s"] / peak_tflops
         result["reference"] = ref_out
         result["speedup"] = ours_out["steps_per_s"] / ref_out["steps_per_s"]
+        if "ours_train_loop" in result:  # the train() loop includes data loading; the reference does not
+            result["speedup_train_loop"] = result["ours_train_loop"]["steps_per_s"] / ref_out["steps_per_s"]
     elif ddp:
         result["reference"] = "skipped under multi-process runs: measure it in a single-device run"
 
     if mode == 5 and args.model == "sd21-random" and device.type == "cuda" and (width, height) == (512, 384) \
             and args.batch == 3 and args.accumulation == 3:
         result["targets"] = {
-            "projected_3000_steps<=600s": ours_out["projected_3000_steps_s"] <= 600,
+            # issue 12: <= 5 min including data loading: the train() loop's projection
+            "projected_3000_steps<=300s": (result["ours_train_loop"]["projected_3000_steps_s"] <= 300
+                                           if "ours_train_loop" in result else None),
             "speedup>=4": result.get("speedup", 0) >= 4 if "speedup" in result else None,
         }
     elif mode == 5:
@@ -211,6 +224,11 @@ def table_rows(result: dict) -> list[tuple[str, object]]:
         rows += [("ours: TFLOP / step", ours["flops_per_step"] / 1e12), ("ours: TFLOP/s", ours["tflops_per_s"])]
         if "share_of_peak" in ours:
             rows.append(("ours: share of peak", ours["share_of_peak"]))
+    loop = result.get("ours_train_loop")
+    if loop:
+        rows += [("ours, train() loop: steps / s", loop["steps_per_s"]),
+                 (f"ours, train() loop: {key} (PROJECTED)", loop[key]),
+                 ("ours, train() loop: setup + warm-up s", loop["setup_and_warmup_s"])]
     if isinstance(ref, dict):
         rows += [("reference: optimizer steps / s", ref["steps_per_s"]), (f"reference: {key} (PROJECTED)", ref[key]),
                  ("reference: peak memory GiB", ref["peak_memory_gib"])]

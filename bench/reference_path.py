@@ -3,10 +3,13 @@
 It computes the same images and the same loss as our path (tests/test_fast_path.py checks both), but
 organised the way the original was:
 - the text encoder runs once per UNet cross-attention layer: 16 separate encoder calls per timestep
-  per image at inference (30 x 16 = 480 calls per image, precomputed before the loop as NeTI's prompt
-  manager did), and 16 calls per training micro-batch (each call holding the micro-batch's rows);
+  per view at inference (30 x 16 = 480 calls per view, precomputed before the loop as NeTI's prompt
+  manager did, and reused by every seed of that view, as the original's inference loop did), and 16
+  calls per training micro-batch (each call holding the micro-batch's rows);
 - two UNet calls per denoising step (unconditional, then conditional), batch 1;
 - one image at a time: a loop over views, and inside it over seeds;
+- attention as the original's processors computed it (`use_reference_attention`): explicit scores,
+  softmax (upcast to fp32 where the model asks) and a bmm, instead of fused SDPA kernels;
 - training re-encodes the images with the VAE at every step and runs in fp32 (the bench passes
   fp32 components for the reference training path).
 Only the organisation differs; the maths (mappers, bypass, XTI contexts, DPM-Solver++, CFG, loss)
@@ -23,6 +26,58 @@ import torch.nn.functional as F
 from viewneti_core.conditioning import TextConditioner, tokenize
 from viewneti_core.sampler import SampleRequest, SamplerSettings, initial_latents, make_dpm_solver
 from viewneti_core.sd_models import SDComponents
+from viewneti_core.xti_attention import cross_attention_layer_names
+
+
+class ExplicitSoftmaxAttention:
+    """Attention the way the original's (diffusers 0.14-era) processors computed it: baddbmm scores,
+    softmax (in fp32 when the model sets upcast_attention/upcast_softmax), bmm with the values. A
+    cross-attention layer takes its keys/values from its own XTI contexts, like XTICrossAttnProcessor."""
+
+    def __init__(self, layer_index: int | None = None):
+        self.layer_index = layer_index  # None: self-attention
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 xti_keys=None, xti_values=None):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channels, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if self.layer_index is not None and xti_keys is not None:
+            key_context = xti_keys[self.layer_index]
+            value_context = xti_values[self.layer_index] if xti_values is not None else key_context
+        else:
+            key_context = value_context = encoder_hidden_states if encoder_hidden_states is not None else hidden_states
+        if attn.norm_cross and key_context is not hidden_states:
+            key_context = attn.norm_encoder_hidden_states(key_context)
+            value_context = attn.norm_encoder_hidden_states(value_context)
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, key_context.shape[1], hidden_states.shape[0])
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(key_context))
+        value = attn.head_to_batch_dim(attn.to_v(value_context))
+        probs = attn.get_attention_scores(query, key, attention_mask)
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channels, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def use_reference_attention(components: SDComponents) -> None:
+    """Replace every UNet attention processor by `ExplicitSoftmaxAttention` (in place; bench copies only)."""
+    unet = components.unet
+    order = {name: index for index, name in enumerate(cross_attention_layer_names(unet))}
+    unet.set_attn_processor({
+        key: ExplicitSoftmaxAttention(order.get(key.removesuffix(".processor"))) for key in unet.attn_processors
+    })
 
 
 def encode_one_layer(
@@ -75,7 +130,8 @@ def encode_per_layer(
 
 
 class ReferenceStyleSampler:
-    """One image at a time, 16 encoder calls per timestep, two UNet calls per step."""
+    """One image at a time, 16 encoder calls per timestep per view (shared by its seeds), two UNet
+    calls per step."""
 
     def __init__(self, components: SDComponents, conditioner: TextConditioner, settings: SamplerSettings):
         self.components = components
@@ -86,20 +142,37 @@ class ReferenceStyleSampler:
 
     @torch.no_grad()
     def sample(self, requests: Sequence[SampleRequest]) -> torch.Tensor:
-        return torch.cat([self.sample_one(r) for r in requests])
+        """Views in order, the seeds of a view after one another, reusing its contexts."""
+        cache: dict = {}
+        images = []
+        for r in requests:
+            pair = (r.prompt, r.camera)
+            if pair not in cache:
+                cache.clear()  # the original kept one view's contexts at a time
+                cache[pair] = self.contexts(r)
+            images.append(self.sample_one(r, cache[pair]))
+        return torch.cat(images)
 
     @torch.no_grad()
-    def sample_one(self, request: SampleRequest) -> torch.Tensor:
-        components, conditioner, settings = self.components, self.conditioner, self.settings
-        unet, device, dtype = components.unet, components.device, components.unet.dtype
-        scheduler = make_dpm_solver(components, settings.num_inference_steps)
-        uncond = conditioner.encode_plain(tokenize(conditioner.tokenizer, [""])).to(dtype)
+    def contexts(self, request: SampleRequest) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(keys, values) per timestep, each from 16 one-layer encoder calls."""
+        conditioner, dtype = self.conditioner, self.components.unet.dtype
+        scheduler = make_dpm_solver(self.components, self.settings.num_inference_steps)
         ids = conditioner.tokenize([request.prompt], request.camera is not None)
         camera = torch.tensor([request.camera], dtype=torch.float32) if request.camera is not None else None
         contexts = []
         for t in scheduler.timesteps:  # 16 encoder calls per timestep
             keys, values = encode_per_layer(conditioner, ids, t.reshape(1).float(), camera)
             contexts.append((keys.to(dtype), values.to(dtype)))
+        return contexts
+
+    @torch.no_grad()
+    def sample_one(self, request: SampleRequest, contexts: list | None = None) -> torch.Tensor:
+        components, conditioner, settings = self.components, self.conditioner, self.settings
+        unet, device, dtype = components.unet, components.device, components.unet.dtype
+        scheduler = make_dpm_solver(components, settings.num_inference_steps)
+        uncond = conditioner.encode_plain(tokenize(conditioner.tokenizer, [""])).to(dtype)
+        contexts = self.contexts(request) if contexts is None else contexts
 
         latents = initial_latents(request.seed, (1, *self.latent_shape)).to(device=device, dtype=dtype)
         latents = latents * scheduler.init_noise_sigma

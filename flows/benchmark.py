@@ -10,10 +10,9 @@ finishes them, writes the tables and the report, and then fails naming the faile
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
 
 from flows.aggregate import aggregate_and_report
-from flows.cluster import cluster_description, gpu_task_runner
+from flows.cluster import gpu_task_runner, use_configured_cluster
 from flows.common import (
     BenchmarkItemsFailed,
     benchmark_run_name,
@@ -32,9 +31,7 @@ def dtu_benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> dict:  # noqa:
     """The full DTU novel-view-synthesis benchmark of ViewNeTI (see docs/pipeline.md)."""
     logger = get_run_logger()
     config = config.resolved()
-    context = FlowRunContext.get()
-    if context is not None and context.task_runner is not None:
-        logger.info("GPU tasks run on %s", cluster_description(context.task_runner))
+    logger.info("GPU tasks run on %s", use_configured_cluster(config.execution.cluster))
     logger.info("%s: %d item(s) = scans %s x n_views %s, seeds %s, run dir %s", config.name, len(config.items),
                 config.test_scans, config.n_views, config.fit.eval.seeds, config.run_dir)
 

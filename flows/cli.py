@@ -85,18 +85,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with StaticFileServer(archives, port=args.archive_port) as files:
         sources = [files.url(f"{name}.zip") for name in ("Rectified", "SampleSet", "idrmasks")]
         _print(f"serving the synthetic DTU archives at http://127.0.0.1:{files.port}/")
-        overrides = {
-            "run_dir": str(out / "benchmark"),
-            "data": {"sources": sources, "root": str(out / "benchmark" / "data" / "dtu"),
-                     "cache_dir": str(out / "downloads")},
-            "pretrain": {"model": {"pretrained_model_name_or_path": str(model)}},
-            "fit": {"model": {"pretrained_model_name_or_path": str(model)}},
-        }
-        config = _load(args.config, overrides, args.overrides)
+        config = _load(args.config, demo_overrides(out, sources, model), args.overrides)
         code = _run_benchmark(config, server)
     _print(f"demo finished in {time.monotonic() - started:.0f} s (RANDOM WEIGHTS: the machinery runs; "
            "the numbers are not benchmark quality)")
     return code
+
+
+def demo_overrides(out: Path, sources: list[str], model: Path) -> dict:
+    """What `demo` sets on top of configs/demo.yaml: its output dir, archive URLs and tiny model."""
+    return {
+        "run_dir": str(out / "benchmark"),
+        "data": {"sources": sources, "root": str(out / "benchmark" / "data" / "dtu"),
+                 "cache_dir": str(out / "downloads")},
+        "pretrain": {"model": {"pretrained_model_name_or_path": str(model)}},
+        "fit": {"model": {"pretrained_model_name_or_path": str(model)}},
+    }
 
 
 def _load(path: Path | None, base: dict, cli_overrides: Sequence[str]):

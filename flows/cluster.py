@@ -1,5 +1,8 @@
 """The Dask side: which cluster GPU tasks run on, and how they are marked as needing a GPU.
 
+- `execution.cluster` of the benchmark config, when not `local`: a running scheduler (`address`) or a
+  cluster class by import path (`dask_jobqueue.SLURMCluster`, `dask_kubernetes.operator.KubeCluster`,
+  ...) with its kwargs and adapt bounds; `use_configured_cluster` applies it at the start of a flow run.
 - `VIEWNETI_DASK_ADDRESS=tcp://scheduler:8786`: use a running Dask cluster (docker/compose.yaml starts
   one worker per GPU, each with `--resources GPU=1`).
 - otherwise a local cluster is started per flow run: one worker process per visible CUDA device
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -151,6 +156,116 @@ def gpu_annotations(gpus: int = 1, priority: int = 0) -> Iterator[None]:
 
     with dask.annotate(resources={GPU_RESOURCE: gpus}, priority=priority):
         yield
+
+
+# ---- a cluster from the configuration (execution.cluster) ------------------------------------------
+
+CLUSTER_KEY = "execution.cluster"
+EXTRAS = {"dask_jobqueue": "slurm", "dask_kubernetes": "kubernetes", "dask_cuda": "cuda"}
+
+
+class ClusterConfigError(ValueError):
+    """`execution.cluster` names a cluster that cannot be started or reached, or that has no GPU slots."""
+
+
+def import_cluster_class(path: str):
+    """The callable behind an import path; ValueError saying what to install when it is missing."""
+    module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"{path!r} is not an import path like dask_jobqueue.SLURMCluster")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra = EXTRAS.get(module_name.split(".")[0])
+        hint = f"; install it with: pip install 'viewneti[{extra}]'" if extra else ""
+        raise ValueError(f"cannot import {module_name!r} ({exc}){hint}") from None
+    obj = getattr(module, attr, None)
+    if obj is None or not callable(obj):
+        raise ValueError(f"module {module_name!r} has no cluster class {attr!r}")
+    return obj
+
+
+def _named_parameters(fn) -> tuple[set[str], bool]:
+    """(keyword names `fn` takes, whether it also takes **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return set(), True
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def check_cluster_kwargs(path: str, kwargs: dict[str, Any]) -> None:
+    """Reject kwargs the class cannot take, where its signature says so (dask-jobqueue passes the rest of
+    its kwargs to its job class, whose **kwargs go to the base job class: that chain is followed)."""
+    if "asynchronous" in kwargs:
+        raise ValueError("'asynchronous' is managed by Prefect: remove it")
+    cls = import_cluster_class(path)
+    names, takes_any = _named_parameters(cls)
+    job_cls = getattr(cls, "job_cls", None)
+    if takes_any and isinstance(job_cls, type):
+        for klass in job_cls.__mro__:
+            if "__init__" in vars(klass):
+                more, takes_any = _named_parameters(klass.__init__)
+                names |= more - {"self"}
+                if not takes_any:
+                    break
+    unknown = sorted(set(kwargs) - names)
+    if unknown and not takes_any:
+        raise ValueError(f"kwargs {unknown} are not arguments of {path}")
+
+
+def runner_options(settings) -> dict[str, Any]:
+    """DaskTaskRunner(**options) for a non-local `ClusterSettings` (flows/params.py)."""
+    if settings.address:
+        return {"address": settings.address}
+    return {"cluster_class": settings.class_, "cluster_kwargs": dict(settings.kwargs),
+            "adapt_kwargs": settings.adapt.model_dump() if settings.adapt else {}}
+
+
+def use_configured_cluster(settings) -> str:
+    """Point this flow run's DaskTaskRunner at `settings` (an `execution.cluster`) and start or reach the
+    cluster now, so a bad class, bad kwargs, an unreachable scheduler or workers without GPU slots stop
+    the run before any work, with one message naming the key. Returns a line for the logs."""
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
+    if not isinstance(runner, DaskTaskRunner):
+        return "(no Dask task runner)"
+    if not settings.is_local:
+        options = runner_options(settings)
+        # prefect-dask creates the cluster on first use of `.client`, from these public settings.
+        runner.address = options.get("address")
+        runner.cluster_class = options.get("cluster_class")
+        runner.resolved_cluster_class = import_cluster_class(settings.class_) if settings.class_ else None
+        runner.cluster_kwargs = options.get("cluster_kwargs", {})
+        runner.adapt_kwargs = options.get("adapt_kwargs", {})
+    if settings.is_local:  # the environment's choice: name that, not the config key
+        key = f"{ADDRESS_ENV}={runner.address}" if runner.address else "execution.cluster (local)"
+        what = f"the scheduler at {runner.address}" if runner.address else "the local GPU cluster"
+    else:
+        key = CLUSTER_KEY
+        what = (f"{settings.class_} with kwargs {settings.kwargs}" if settings.class_
+                else f"the scheduler at {settings.address}")
+    dask_logger = logging.getLogger(runner.logger.name)
+    level = dask_logger.level
+    dask_logger.setLevel(logging.CRITICAL)  # its "Failed to create ..." traceback; the cause is re-raised
+    try:
+        client = runner.client
+    except Exception as exc:  # noqa: BLE001 - any failure to start is a configuration problem here
+        raise ClusterConfigError(f"{key}: starting {what} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        dask_logger.setLevel(level)
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    if workers and not any(w.get("resources", {}).get(GPU_RESOURCE) for w in workers):
+        raise ClusterConfigError(
+            f"{key}: none of the {len(workers)} worker(s) of {what} declares a {GPU_RESOURCE!r} resource, "
+            f"so GPU tasks would wait forever; start workers with --resources {GPU_RESOURCE}=1 (LocalCluster: "
+            f"kwargs.resources: {{{GPU_RESOURCE}: 1}}; dask-jobqueue: kwargs.worker_extra_args: "
+            f"[--resources, {GPU_RESOURCE}=1])")
+    return cluster_description(runner)
 
 
 def cluster_description(task_runner) -> str:

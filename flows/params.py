@@ -19,6 +19,8 @@ from pydantic import (
     Field,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -26,6 +28,7 @@ from pydantic import (
 from tasks.common import item_name, parse_item_name  # noqa: F401 - re-exported for flows
 from viewneti_core import dtu
 from viewneti_core.config import ConfigError, ViewNetiConfig, deep_merge, parse_overrides, read_yaml
+from viewneti_core.model_names import looks_local
 
 NViews = Literal[1, 3, 6, 9]
 
@@ -37,10 +40,11 @@ class _Strict(BaseModel):
 def _default_pretrain() -> ViewNetiConfig:
     return ViewNetiConfig.model_validate({
         "learnable_mode": 3,
-        "log": {"save_steps": 1500, "checkpoints_total_limit": 5},
+        # the original's train_m3_88scenes.yaml: 50k steps (the released view mapper), checkpoints every 5k
+        "log": {"save_steps": 5000, "checkpoints_total_limit": 5},
         "data": {"dtu_subset": 0, "augmentation": "pretraining"},
-        "optim": {"max_train_steps": 60000, "mixed_precision": "bf16"},
-        "eval": {"validation_steps": 1500},
+        "optim": {"max_train_steps": 50000, "mixed_precision": "bf16"},
+        "eval": {"validation_steps": 5000},
     })
 
 
@@ -95,12 +99,106 @@ class EvaluationSettings(_Strict):
         return list(dict.fromkeys(value))
 
 
+class AdaptBounds(_Strict):
+    """`cluster.adapt(minimum=..., maximum=...)`: workers (e.g. Slurm jobs) come and go with the load."""
+
+    minimum: int = Field(default=0, ge=0)
+    maximum: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptBounds:
+        if self.minimum > self.maximum:
+            raise ValueError(f"minimum ({self.minimum}) is above maximum ({self.maximum})")
+        return self
+
+
+class ClusterSettings(_Strict):
+    """Where the GPU tasks run: `local` (the default), `{address: tcp://...}` or `{class: ..., kwargs: ...}`.
+
+    `local` keeps the environment's choice (VIEWNETI_DASK_ADDRESS, else a local cluster with one worker
+    per GPU, flows/cluster.py). A class is imported here, so a typo or a missing extra (`viewneti[slurm]`)
+    fails when the configuration is read, not after the data was prepared; kwargs are checked against its
+    signature where it has no `**kwargs`, else when the cluster starts, at the very start of the flow run.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    address: str | None = Field(default=None, description="a running Dask scheduler, e.g. tcp://scheduler:8786")
+    class_: str | None = Field(default=None, alias="class",
+                               description="import path of a Dask cluster class, e.g. dask_jobqueue.SLURMCluster")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the cluster class")
+    adapt: AdaptBounds | None = Field(default=None, description="adaptive scaling bounds (cluster.adapt)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value != "local":
+                raise ValueError(f"use 'local', {{address: tcp://...}} or {{class: ..., kwargs: ...}}, not {value!r}")
+            return {}
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(tcp|tls|ws|wss|inproc|ucx)://\S+", value):
+            raise ValueError("expected a Dask scheduler address like tcp://host:8786")
+        return value
+
+    @field_validator("class_")
+    @classmethod
+    def _importable(cls, value: str | None) -> str | None:
+        if value is not None:
+            from flows.cluster import import_cluster_class
+
+            import_cluster_class(value)  # ValueError naming the module / extra to install
+        return value
+
+    @field_validator("kwargs")
+    @classmethod
+    def _known_kwargs(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if info.data.get("class_") is not None:
+            from flows.cluster import check_cluster_kwargs
+
+            check_cluster_kwargs(info.data["class_"], value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ClusterSettings:
+        if self.address and self.class_:
+            raise ValueError("give either address (a running cluster) or class (one to start), not both")
+        if self.class_ is None and (self.kwargs or self.adapt):
+            raise ValueError("kwargs and adapt need a cluster class ('class')")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.address is None and self.class_ is None
+
+    def as_yaml_value(self) -> str | dict[str, Any]:
+        if self.is_local:
+            return "local"
+        if self.address:
+            return {"address": self.address}
+        out: dict[str, Any] = {"class": self.class_, "kwargs": self.kwargs}
+        if self.adapt is not None:
+            out["adapt"] = self.adapt.model_dump()
+        return out
+
+
 class ExecutionSettings(_Strict):
-    """Retries and caching of the pipeline's tasks."""
+    """Retries and caching of the pipeline's tasks, and the Dask cluster their GPU tasks run on."""
 
     retries: int = Field(default=2, ge=0, le=10, description="retries of a task after a transient failure")
     retry_delay_s: float = Field(default=30.0, ge=0)
     refresh_cache: bool = Field(default=False, description="recompute every task even when a cached result exists")
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings,
+                                     description="'local', {address: tcp://...} or {class: ..., kwargs: {...}, "
+                                                 "adapt: {minimum, maximum}} (docs/pipeline.md)")
+
+    @field_serializer("cluster")
+    def _cluster_as_written(self, cluster: ClusterSettings) -> str | dict[str, Any]:
+        return cluster.as_yaml_value()  # `local` stays `local`; `class` keeps its YAML name
 
 
 class BenchmarkConfig(_Strict):
@@ -189,6 +287,15 @@ class BenchmarkConfig(_Strict):
         if self.data.cache_dir is not None:
             out.data.cache_dir = absolute(self.data.cache_dir)
         out.data.sources = [s if "://" in s or Path(s).is_absolute() else str(absolute(Path(s))) for s in self.data.sources]
+        # The runs' saved configurations are compared on resume: a relative model path from a deployment
+        # and the absolute one of `viewneti-pipeline demo` must not look like different runs.
+        for stage in (out.pretrain, out.fit):
+            name = stage.model.pretrained_model_name_or_path
+            if looks_local(name, base):  # the loader's rule; hub ids and builtin: names stay as they are
+                stage.model.pretrained_model_name_or_path = str(absolute(Path(name).expanduser()))
+        mapper = self.pretrained_view_mapper
+        if mapper is not None and (base / Path(mapper).expanduser()).exists():  # else a registry name
+            out.pretrained_view_mapper = str(absolute(Path(mapper).expanduser()))
         return out
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.cluster import gpu_task_runner
+from flows.cluster import gpu_task_runner, use_configured_cluster
 from flows.common import (
     BenchmarkItemsFailed,
     existing_view_mapper,
@@ -35,6 +35,7 @@ def per_scan_flow(
     logger = get_run_logger()
     test_scans = sorted(set(config.test_scans) | {scan})
     config = BenchmarkConfig.model_validate(config.model_dump() | {"test_scans": test_scans}).resolved()
+    logger.info("GPU tasks run on %s", use_configured_cluster(config.execution.cluster))
     preflight(config, pretraining=False, fitting=True)
     prepare_data(config)
     mapper = existing_view_mapper(config, view_mapper)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from flows.cluster import gpu_task_runner
+from flows.cluster import gpu_task_runner, use_configured_cluster
 from flows.common import obtain_view_mapper, preflight, prepare_data, stage_run_name
 from flows.params import BenchmarkConfig
 
@@ -21,6 +21,7 @@ VIEW_MAPPER_READY = "viewneti.view-mapper.ready"
 def pretrain_view_mapper_flow(config: BenchmarkConfig = BenchmarkConfig(), emit: bool = True) -> dict:  # noqa: B008
     """Prepare the pretraining scans, then train (or resume) the shared view mapper in RUN_DIR/pretrain."""
     config = config.resolved()
+    get_run_logger().info("GPU tasks run on %s", use_configured_cluster(config.execution.cluster))
     preflight(config, pretraining=True, fitting=False)
     prepare_data(config)
     mapper = obtain_view_mapper(config)

@@ -14,12 +14,11 @@ from tasks.common import run_logger
 
 @task(name="preflight", cache_policy=NO_CACHE, persist_result=False)
 def preflight_task(models: list[tuple[str, str | None]], lpips_weights: str) -> dict:
-    """`models`: (name or path, revision) pairs; `lpips_weights`: the evaluation's LPIPS backbone."""
-    from viewneti_core.metrics import check_lpips_weights
-    from viewneti_core.sd_models import check_model_available
+    """`models`: (name or path, revision) pairs; `lpips_weights`: the evaluation's LPIPS backbone.
+    Every missing one is named in one PreflightError."""
+    from viewneti_core.preflight import check_requirements
 
     logger = run_logger()
-    found = {"models": [check_model_available(name, revision) for name, revision in dict.fromkeys(models)],
-             "lpips": check_lpips_weights(lpips_weights)}
+    found = check_requirements([tuple(m) for m in models], lpips_weights)
     logger.info("preflight: base model(s) %s, LPIPS backbone %s", ", ".join(found["models"]), found["lpips"])
     return found

@@ -49,3 +49,6 @@ def test_bench_training_runs_both_paths(tmp_path, which):
     result = _result(tmp_path, which)
     assert result["ours"]["steps_per_s"] > 0 and result["reference"]["steps_per_s"] > 0
     assert result["settings"]["learnable_mode"] == (5 if which == "fit" else 3)
+    loop = result["ours_train_loop"]  # the real train() loop, timed through its step callback
+    assert loop["timed_steps"] == 1 and loop["steps_per_s"] > 0 and loop["projected_" + str(
+        3000 if which == "fit" else 50_000) + "_steps_s"] > 0

@@ -113,7 +113,7 @@ def test_no_checkpoint_file_is_a_pickle(tmp_path, camera_normalization):
             assert not path.read_bytes()[:4].startswith(PICKLE_MAGIC), path
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
 def test_checkpoint_files_share_the_umask_modes(tmp_path, camera_normalization, umask):
     """safetensors creates its files 0600: every file of a checkpoint gets 0666 & ~umask like the JSON."""
     mappers, _, optimizer, scheduler = _setup(camera_normalization)
@@ -125,6 +125,15 @@ def test_checkpoint_files_share_the_umask_modes(tmp_path, camera_normalization, 
         os.umask(previous)
     modes = {p.relative_to(ckpt).as_posix(): oct(p.stat().st_mode & 0o777) for p in ckpt.rglob("*") if p.is_file()}
     assert len(modes) == 7 and set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+def test_saved_models_share_the_umask_modes(tiny_model_dir):
+    """diffusers' save_pretrained writes safetensors 0600 too; `viewneti models make-tiny` output is readable."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    files = [p for p in tiny_model_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the umask from /proc")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -44,12 +45,15 @@ def test_cli_train_resume_continues_the_run_exactly(synthetic_dtu_root, tiny_mod
     want = load_checkpoint_mappers(list_checkpoints(runs / "straight")[-1])
     got = load_checkpoint_mappers(list_checkpoints(runs / "resumed")[-1])
     assert sorted(want) == sorted(got)
+    # Equal up to float rounding: two identical runs in one process already differ by ~1e-7 here (CPU
+    # kernels), while a resume that lost the optimizer moments, the RNG or the data position is off by far more.
     for key in want:
         for name, tensor in want[key].state_dict().items():
-            assert torch.equal(tensor, got[key].state_dict()[name]), (key, name)
+            torch.testing.assert_close(got[key].state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=(key, name))
     straight = [json.loads(line) for line in (runs / "straight" / "metrics.jsonl").read_text().splitlines()]
     resumed = {r["step"]: r for r in map(json.loads, (runs / "resumed" / "metrics.jsonl").read_text().splitlines())}
-    assert [resumed[r["step"]]["loss"] for r in straight] == [r["loss"] for r in straight]
+    assert sorted(resumed) == [1, 2, 3, 4]
+    assert [resumed[r["step"]]["loss"] for r in straight] == pytest.approx([r["loss"] for r in straight], rel=1e-5)
 
     # Resuming something that is not there: exit code 2 and a message, no traceback.
     assert cli_main(["train", "--config", config, "--log.exp_name", "never-ran", "--resume", "latest"]) == 2

@@ -50,6 +50,10 @@ def test_pipeline_demo_runs_the_benchmark_and_prints_where_everything_is(prefect
     for name in ("metrics_all.parquet", "summary.parquet", "summary.csv", "summary.md", "report.md"):
         assert str(report / name) in text and (report / name).is_file(), name
     assert "(missing)" not in text
+    # a successful run is quiet: no per-component loading bars, no killed workers, no expected warnings
+    assert "Loading weights" not in text and "Writing model shards" not in text
+    assert "still alive after" not in text and "killing" not in text
+    assert "WARNING" not in text, [line for line in text.splitlines() if "WARNING" in line]
     assert "distributed.worker - INFO" not in text, "the local Dask cluster logs warnings and up only"
     rows = pd.read_parquet(report / "metrics_all.parquet")
     assert sorted(rows["run"].unique()) == ["scan114-1view", "scan114-3view", "scan21-1view", "scan21-3view"]

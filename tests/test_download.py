@@ -133,7 +133,7 @@ def test_retries_are_bounded(server, tmp_path):
 def test_connection_refused_is_retried_then_fails(tmp_path):
     with RangeServer() as srv:
         url = srv.url("/a.zip")
-    with pytest.raises(dl.DownloadError, match="giving up"):
+    with pytest.raises(dl.HostUnreachableError, match=r"refused the connection.*\(2 tries\)"):
         dl.download(url, tmp_path / "a.zip", retries=1, **FAST)
 
 
@@ -249,3 +249,47 @@ def test_cached_file_that_is_not_a_zip_is_dropped_and_fetched_again(server, tmp_
     assert len(server.state.requests) == 1
     assert dl.download(url, tmp_path / "a.zip", **FAST).read_bytes() == DATA
     assert len(server.state.requests) == 1  # a readable cached zip is reused
+
+
+# ---- an unreachable host fails fast, with one message --------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["refused", "dns"])
+def test_unreachable_host_is_permanent_after_two_quick_tries(tmp_path, kind):
+    import time
+
+    from tasks.common import PERMANENT_ERRORS
+
+    url = (f"http://127.0.0.1:{_closed_port()}/Rectified.zip" if kind == "refused"
+           else "http://nonexistent.invalid/Rectified.zip")
+    start = time.monotonic()
+    with pytest.raises(dl.HostUnreachableError) as info:
+        # retries=5 and a 2 s backoff would take a minute if these errors were treated as transient.
+        dl.download(url, tmp_path / "Rectified.zip", retries=5, backoff_s=2.0, timeout_s=5.0, progress=False)
+    elapsed = time.monotonic() - start
+    assert elapsed < dl.UNREACHABLE_TRIES * dl.UNREACHABLE_BACKOFF_S + 5.0
+    message = str(info.value)
+    assert ("refused the connection" in message) if kind == "refused" else ("'nonexistent.invalid' does not resolve" in message)
+    assert f"({dl.UNREACHABLE_TRIES} tries)" in message
+    assert "bytes are kept" not in message and not (tmp_path / "Rectified.zip.part").exists()
+    assert info.value.__cause__ is None  # the message is the whole story: no chained traceback
+    assert isinstance(info.value, PERMANENT_ERRORS)  # the pipeline does not retry the task
+
+
+def test_unreachable_host_keeps_a_partial_file_and_says_so(server, tmp_path):
+    url = server.add("/a.zip", DATA)
+    server.state.cut_after = [50_000]
+    server.state.fail_with = [0, 503, 503]
+    with pytest.raises(dl.DownloadError):
+        dl.download(url, tmp_path / "a.zip", retries=1, **FAST)
+    dead = f"http://127.0.0.1:{_closed_port()}/a.zip"
+    with pytest.raises(dl.HostUnreachableError, match=r"50000 bytes are kept in .*a\.zip\.part"):
+        dl.download(dead, tmp_path / "a.zip", **FAST)

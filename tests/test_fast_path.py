@@ -6,7 +6,12 @@ import os
 import pytest
 import torch
 
-from bench.reference_path import ReferenceStyleSampler, reference_diffusion_loss
+from bench.reference_path import (
+    ExplicitSoftmaxAttention,
+    ReferenceStyleSampler,
+    reference_diffusion_loss,
+    use_reference_attention,
+)
 from viewneti_core.acceleration import (
     AccelerationOptions,
     FusedSelfAttnProcessor,
@@ -94,11 +99,23 @@ def test_fast_path_gives_the_same_images(fast, plain_images, requests):
     assert (plain_images[0] - plain_images[1]).abs().mean() > 1e-3  # and the images are not trivial
 
 
-def test_reference_style_sampler_renders_the_same_images(plain, plain_images, requests):
+def test_reference_style_sampler_renders_the_same_images(tiny_model_dir, camera_normalization, plain, plain_images,
+                                                         requests):
     """The benchmark's ratio compares equal work: the one-image-at-a-time, per-layer-encoder,
-    two-UNet-calls path makes the same images as our batched sampler."""
-    reference = ReferenceStyleSampler(plain.components, plain.conditioner, SETTINGS).sample(requests[1:])
-    assert (reference - plain_images[1:]).abs().max() < 1e-4
+    two-UNet-calls, explicit-softmax-attention path makes the same images as our batched sampler,
+    also when a view's contexts are reused for a second seed."""
+    reference_model = make_model(tiny_model_dir, camera_normalization)[0]
+    use_reference_attention(reference_model.components)
+    processors = reference_model.components.unet.attn_processors.values()
+    assert all(isinstance(p, ExplicitSoftmaxAttention) for p in processors)
+    assert sorted(p.layer_index for p in processors if p.layer_index is not None) == list(range(16))
+    second_seed = SampleRequest(requests[1].prompt, 0, requests[1].camera)
+    reference = ReferenceStyleSampler(reference_model.components, reference_model.conditioner, SETTINGS).sample(
+        [requests[1], second_seed])
+    assert (reference[0] - plain_images[1]).abs().max() < 1e-4
+    ours = sample(plain, [second_seed])
+    assert (reference[1] - ours[0]).abs().max() < 1e-4
+    assert (reference[0] - reference[1]).abs().mean() > 1e-3  # the seeds differ
 
 
 def test_training_loss_and_gradients_agree_across_paths(plain, fast, dtu_like_cameras):
@@ -133,11 +150,13 @@ def test_fast_path_in_bf16_stays_within_bf16_noise(tiny_model_dir, camera_normal
 
 
 def test_acceleration_options_follow_the_run_config():
-    config = ViewNetiConfig.model_validate({"run": {"dtype": "bfloat16", "channels_last": True, "compile_unet": True}})
-    options = AccelerationOptions.from_config(config)
+    config = ViewNetiConfig.model_validate({"run": {"dtype": "bfloat16", "channels_last": True, "compile_unet": True,
+                                                    "compile_cache_dir": "/tmp/cc"}})
+    options = AccelerationOptions.from_config(config, "cpu")
     assert options == AccelerationOptions(dtype="bfloat16", channels_last=True, fuse_self_attention=True,
-                                          compile_unet=True)
-    assert AccelerationOptions.from_config(ViewNetiConfig()) == AccelerationOptions(dtype="float32")
+                                          compile_unet=True, compile_cache_dir="/tmp/cc")
+    # The defaults: "auto" dtype and layout, resolved per device (tests/test_production_path.py has CUDA).
+    assert AccelerationOptions.from_config(ViewNetiConfig(), "cpu") == AccelerationOptions(dtype="auto")
 
 
 @pytest.mark.slow  # inductor compiling the tiny UNet: 100 s on 2 quiet cores (8 min once on a busy machine)

@@ -22,7 +22,7 @@ VIEWS = [25, 22, 28, 1, 2]  # the 3 training views of the fit run, then two test
 def inferred(fitted_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("infer") / "step-latest"
     result = run_inference(fitted_run, seeds=[0, 1], views=VIEWS, out_dir=out, camera_path=(25, 28, 3),
-                           overrides=FAST | {"eval_batch_size": 3}, progress=False)
+                           overrides={"eval": FAST | {"eval_batch_size": 3}}, progress=False)
     return result
 
 
@@ -83,6 +83,32 @@ def test_cli_infer_and_bad_inputs(fitted_run, tmp_path, capsys):
     assert "out of range" in error_of("--views", "0,49")
     assert "was trained on base model" in error_of("--model", "builtin:sd21-random")
     assert not (fitted_run / "inference").exists()  # nothing half-written by the failed calls
+
+
+def test_infer_overrides_reach_the_sampler(fitted_run, tmp_path, capsys, monkeypatch):
+    """`viewneti infer` takes dotted run/eval overrides on top of the run's saved config."""
+    import viewneti_core.inference as inference
+
+    seen = []
+    real_sample = inference.ViewNetiSampler.sample
+
+    def spy(self, requests, progress=True):  # records what the real sampler ran with, then runs it
+        seen.append((self.settings, self.components.unet.dtype, len(requests)))
+        return real_sample(self, requests, progress)
+
+    monkeypatch.setattr(inference.ViewNetiSampler, "sample", spy)
+    code = cli_main(["infer", "--run-dir", str(fitted_run), "--seeds", "0,1", "--views", "0", "--out", str(tmp_path / "o"),
+                     "--run.dtype", "float32", "--eval.eval_batch_size", "16", "--eval.decode_batch_size", "1",
+                     "--eval.num_denoising_steps", "2", "--eval.width", "32", "--eval.height", "24"])
+    assert code == 0, capsys.readouterr().err
+    [(settings, dtype, n)] = seen
+    assert (settings.batch_size, settings.decode_batch_size, settings.num_inference_steps) == (16, 1, 2)
+    assert (settings.width, settings.height, dtype, n) == (32, 24, torch.float32, 2)
+    _, images = read_predictions(tmp_path / "o")
+    assert images[(1, 0)].shape == (3, 24, 32)
+    # Only how/what to render may change; the trained part of the config may not.
+    assert cli_main(["infer", "--run-dir", str(fitted_run), "--optim.learning_rate", "1"]) == 2
+    assert "cannot change for a trained run" in capsys.readouterr().err
 
 
 def test_generate_with_a_user_prompt(fitted_run, synthetic_dtu_root, tmp_path):

@@ -392,3 +392,79 @@ def test_view_mapper_ready_event_triggers_a_per_scan_run(benchmark_run, deployed
             client.delete_flow_run(run.id)
     assert len(triggered) == 1, f"no per-scan run was triggered for {mapper['checkpoint']}"
     assert triggered[0].parameters == {"view_mapper": mapper["checkpoint"]}
+
+
+# ---- execution.cluster: a Dask cluster class from the configuration -------------------------------------------
+
+
+def _local_cluster(**kwargs) -> dict:
+    return {"class": "distributed.LocalCluster",
+            "kwargs": {"n_workers": 1, "threads_per_worker": 2, "host": "127.0.0.1", "dashboard_address": None,
+                       **kwargs}}
+
+
+def test_cluster_class_from_the_config_runs_the_benchmark(prefect_server, archive_server, tiny_model, tmp_path):  # noqa: F811
+    """`execution.cluster: {class: distributed.LocalCluster, kwargs: ...}` is what prefect-dask starts: the
+    GPU tasks run on that cluster's worker (LocalCluster names it "0"), not on the default gpu-N workers."""
+    from flows.benchmark import dtu_benchmark
+
+    config = tiny_config(tmp_path / "run", archive_server.sources, tiny_model, name="cluster-class",
+                         test_scans=[21], n_views=[1])
+    config["execution"]["cluster"] = _local_cluster(resources={"GPU": 1})
+    state = dtu_benchmark(config=config, return_state=True)
+    assert state.is_completed(), state.message
+    entries = read_ledger(BenchmarkConfig.model_validate(config).ledger_dir)
+    gpu = [e for e in entries if e["task"] in GPU_TASKS]
+    assert sorted(e["task"] for e in gpu) == ["evaluate", "fit", "infer", "pretrain"]
+    assert {e["worker_name"] for e in gpu} == {"0"}, {e["worker_name"] for e in gpu}
+    assert pd.read_parquet(tmp_path / "run" / "report" / "metrics_all.parquet")["run"].unique().tolist() == ["scan21-1view"]
+
+
+@pytest.mark.parametrize(("cluster", "message"), [
+    # LocalCluster takes **worker_kwargs, so only starting it finds the typo
+    (_local_cluster(resources={"GPU": 1}, nthreadz=2), "execution.cluster: starting distributed.LocalCluster"),
+    (_local_cluster(), "declares a 'GPU' resource, so GPU tasks would wait forever"),
+    ({"address": "tcp://127.0.0.1:9"}, "execution.cluster: starting the scheduler at tcp://127.0.0.1:9 failed"),
+])
+def test_cluster_that_cannot_start_fails_the_run_before_any_work(prefect_server, tmp_path, cluster, message):  # noqa: F811
+    import dask
+
+    from flows.benchmark import dtu_benchmark
+
+    config = tiny_config(tmp_path / "run", ["http://127.0.0.1:9/none.zip"], tmp_path / "m")
+    config["execution"]["cluster"] = cluster
+    t0 = time.monotonic()
+    with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):  # the closed port: fail in seconds
+        state = dtu_benchmark(config=config, return_state=True)
+    assert state.is_failed()
+    assert message in str(state.result(raise_on_failure=False))
+    assert time.monotonic() - t0 < 90
+    assert not (tmp_path / "run" / "data").exists() and not (tmp_path / "run" / "ledger").exists()
+
+
+# ---- an unreachable archive host ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["dns", "refused"])
+def test_unreachable_archive_host_fails_once_with_one_message(prefect_server, tiny_model, tmp_path, host):  # noqa: F811
+    """A name that does not resolve or a refused connection is permanent after two quick tries: one
+    prepare attempt (not 3 task attempts x 6 downloads), and the flow's message is the download's."""
+    import socket
+
+    from flows.benchmark import dtu_benchmark
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = "http://nonexistent.invalid/Rectified.zip" if host == "dns" else f"http://127.0.0.1:{port}/Rectified.zip"
+    config = tiny_config(tmp_path / "run", [url], tiny_model)
+    config["execution"] = {"retries": 2, "retry_delay_s": 5}
+    state = dtu_benchmark(config=config, return_state=True)
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert message.startswith(f"cannot download {url}: ") and message.endswith("(2 tries)"), message
+    assert "bytes are kept" not in message
+    attempts = [e for e in read_ledger(BenchmarkConfig.model_validate(config).ledger_dir) if e["task"] == "prepare"]
+    assert [e["status"] for e in attempts] == ["failed"], "a permanent error must not be retried"
+    assert attempts[0]["end"] - attempts[0]["start"] < 10, "two quick tries, not minutes of backoff"
+    assert attempts[0]["error"].startswith("HostUnreachableError: ")

@@ -32,6 +32,7 @@ from viewneti_core.archives import (
 from viewneti_core.download import DownloadError
 from viewneti_core.prepare import (
     MANIFEST_COLUMNS,
+    STAMP_NAME,
     MissingCalibrationError,
     MissingScanError,
     PrepareError,
@@ -259,16 +260,17 @@ def test_prepare_over_http_with_checksum_and_skip(archives, tmp_path):
     with RangeServer() as srv:
         urls = [srv.add(f"/MVS/{p.name}", p) for p in archives.values()]
         digest = hashlib.sha256(archives["sampleset"].read_bytes()).hexdigest()
+        # With a sha256 given, an archive is downloaded whole (to check it), not read over HTTP Range.
+        sums = {"SampleSet.zip": digest, "Rectified.zip": hashlib.sha256(archives["rectified"].read_bytes()).hexdigest()}
         srv.state.cut_after = [5000]  # the first transfer is cut and must resume
         out = tmp_path / "dtu"
-        result = prepare_dtu(urls, [8, 21], out, sha256={"SampleSet.zip": digest}, backoff_s=0.01,
-                             timeout_s=5, progress=False)
+        result = prepare_dtu(urls, [8, 21], out, sha256=sums, backoff_s=0.01, timeout_s=5, progress=False)
         assert not result.skipped and result.scans_with_masks == (8, 21)
         assert (out / ".downloads" / "Rectified.zip").is_file()
         assert srv.state.requests[1].range == "bytes=5000-"
         n_requests = len(srv.state.requests)
 
-        again = prepare_dtu(urls, [8, 21], out, sha256={"SampleSet.zip": digest}, progress=False)
+        again = prepare_dtu(urls, [8, 21], out, sha256=sums, progress=False)
         assert again.skipped and len(srv.state.requests) == n_requests  # no network at all
 
         with pytest.raises(PrepareError, match="matches no source"):
@@ -538,3 +540,110 @@ def test_cli_accepts_several_sources_after_one_flag(archives, tmp_path, capsys):
     a, b, c = _sources(archives)
     args = parser.parse_args(["--source", a, b, "--source", c, "--scans", "8", "--out", str(out)])
     assert args.source == [a, b, c]
+
+
+# ---- partial mode: only the needed members over HTTP Range (issue 13, item 6) ----------------------------
+
+MULTI_SCANS = (1, 4, 8, 21, 30, 114)
+
+
+def _noise_png(seed: int) -> bytes:
+    """A 64x48 noise image: incompressible, so members, not zip headers, make up the archive."""
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def multi_scan_rectified(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("multi") / "Rectified.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for scan in MULTI_SCANS:
+            for cam in range(dtu.NUM_VIEWS):
+                for light in LIGHTS:
+                    zf.writestr(dtu.image_relpath(scan, cam, light), _noise_png(scan * 1000 + cam * 10 + light))
+    return path
+
+
+def _range_cost_bound(path: Path, needed: set[str]) -> int:
+    """Independent bound on what partial mode may transfer: the needed members (local header, name,
+    extra field, data), the central directory and end record, a 64 KiB read at the end, the probe byte."""
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        directory = path.stat().st_size - zf.start_dir
+    members = sum(30 + len(i.filename.encode()) + len(i.extra) + 16 + i.compress_size
+                  for i in infos if i.filename in needed)
+    return members + directory + 64 * 1024 + 1
+
+
+def _stamp_sources(out: Path) -> dict[str, dict]:
+    stamp = json.loads((out / STAMP_NAME).read_text())
+    return {Path(s["source"]).name: s for s in stamp["sources"]}
+
+
+def test_partial_mode_transfers_only_the_needed_members(multi_scan_rectified, archives, tmp_path):
+    scans = [8, 21]
+    needed = {dtu.image_relpath(s, c, 3) for s in scans for c in range(dtu.NUM_VIEWS)}
+    size = multi_scan_rectified.stat().st_size
+    with RangeServer() as srv:
+        url = srv.add("/MVS/Rectified.zip", multi_scan_rectified)
+        sources = [url, str(archives["sampleset"])]
+        result = prepare_dtu(sources, scans, tmp_path / "dtu", timeout_s=5, progress=False)
+        sent = sum(r.bytes_sent for r in srv.state.requests if r.path == "/MVS/Rectified.zip")
+        assert all(r.status == 206 for r in srv.state.requests)
+    print(f"partial mode: {sent} of {size} bytes ({sent / size:.1%}) for {len(scans)} of {len(MULTI_SCANS)} scans")
+    with zipfile.ZipFile(multi_scan_rectified) as zf:
+        needed_data = sum(zf.getinfo(n).compress_size for n in needed)
+    assert needed_data < sent <= _range_cost_bound(multi_scan_rectified, needed)
+    assert sent < 0.25 * size  # 2 of 6 scans at 1 of 2 lights: about 1/6 of the archive, plus headers
+    # the same tree as from the local archive, byte for byte
+    local = prepare_dtu([str(multi_scan_rectified), str(archives["sampleset"])], scans, tmp_path / "local",
+                        progress=False)
+    assert _data_files(result.out_dir) == _data_files(local.out_dir)
+    for rel in _data_files(local.out_dir):
+        assert (result.out_dir / rel).read_bytes() == (local.out_dir / rel).read_bytes(), rel
+    assert not (tmp_path / "dtu" / ".downloads" / "Rectified.zip").exists()  # nothing but the members on disk
+    record = _stamp_sources(tmp_path / "dtu")["Rectified.zip"]
+    assert record["mode"] == "partial" and record["bytes_transferred"] == sent and record["sha256"] is None
+    assert record["verified"][0] == f"CRC-32 of each of the {len(needed)} extracted member(s)"
+    assert "sha256 is NOT checked in partial mode" in record["verified"][1]
+    assert _stamp_sources(tmp_path / "dtu")["SampleSet.zip"]["mode"] == "local"
+
+
+def test_partial_mode_falls_back_to_the_whole_download_without_range(multi_scan_rectified, archives, tmp_path):
+    with RangeServer() as srv:
+        url = srv.add("/MVS/Rectified.zip", multi_scan_rectified)
+        srv.state.ignore_range = True
+        result = prepare_dtu([url, str(archives["sampleset"])], [8], tmp_path / "dtu", backoff_s=0.01,
+                             timeout_s=5, progress=False)
+        statuses = [r.status for r in srv.state.requests]
+    assert result.n_images == dtu.NUM_VIEWS
+    assert statuses == [200, 200]  # the probe (closed unread), then the download
+    cached = tmp_path / "dtu" / ".downloads" / "Rectified.zip"
+    assert cached.read_bytes() == multi_scan_rectified.read_bytes()
+    record = _stamp_sources(tmp_path / "dtu")["Rectified.zip"]
+    assert record["mode"] == "full" and record["path"] == str(cached)
+    assert "answered a Range request with HTTP 200" in record["why_full"]
+    assert record["sha256"] == hashlib.sha256(multi_scan_rectified.read_bytes()).hexdigest()
+    assert record["verified"] == [f"CRC-32 of each of the {dtu.NUM_VIEWS} extracted member(s)"]  # no sha256 given
+
+
+def test_partial_mode_checks_each_member_crc(multi_scan_rectified, archives, tmp_path):
+    bad = tmp_path / "Rectified.zip"
+    shutil.copy(multi_scan_rectified, bad)
+    member = dtu.image_relpath(8, 5, 3)
+    offset, info = _member_data_offset(bad, member)
+    with open(bad, "rb") as fh:  # flip one byte inside the member's deflate stream
+        fh.seek(offset + info.compress_size // 2)
+        byte = fh.read(1)
+    _patch(bad, offset + info.compress_size // 2, bytes([byte[0] ^ 0xFF]))
+    with RangeServer() as srv:
+        url = srv.add("/MVS/Rectified.zip", bad)
+        with pytest.raises(CorruptArchiveError, match=r"read over HTTP Range") as err:
+            prepare_dtu([url, str(archives["sampleset"])], [8], tmp_path / "dtu", timeout_s=5, progress=False)
+    assert repr(member) in str(err.value)
+    assert not (tmp_path / "dtu" / dtu.image_relpath(8, 5, 3)).exists()
+    assert not (tmp_path / "dtu" / STAMP_NAME).exists()

@@ -139,11 +139,15 @@ def test_resume_refuses_a_configuration_that_makes_the_checkpoint_meaningless(sy
 def test_resume_of_a_run_killed_before_its_first_checkpoint(synthetic_dtu_root, tiny_model_dir, tmp_path):
     config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "early", optim={"max_train_steps": 4})
 
-    def kill(step: int) -> None:
-        raise KeyboardInterrupt
+    class Killed(RuntimeError):
+        pass
 
-    with pytest.raises(KeyboardInterrupt):
+    def kill(step: int) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):
         train(config, on_step_end=kill, progress=False)
+    assert (tmp_path / "early" / "metrics.jsonl").is_file() and not list_checkpoints(tmp_path / "early")
     with pytest.raises(TrainingSetupError, match=r"holds no checkpoint yet .* set log\.overwrite_ok true .* "
                                                  r"choose another log\.exp_name"):
         train(config, resume="latest", on_step_end=_never, progress=False)

@@ -3,11 +3,15 @@ projections and `torch.compile` of the UNet.
 
 None of these changes what is computed, only how: with the same dtype the images agree with the
 straightforward path to float rounding (tests/test_fast_path.py). They are driven by the
-`run.dtype`, `run.channels_last` and `run.compile_unet` config keys (`AccelerationOptions.from_config`)
+`run.dtype`, `run.channels_last`, `run.compile_unet` and `run.compile_cache_dir` config keys
+(`AccelerationOptions.from_config`; "auto" values turn bf16, TF32 and channels-last on for CUDA only)
 and applied once, after the XTI processors are installed (`build_model` installs them):
 
     model = build_model(config, components, ...)
-    report = apply_acceleration(model.components, AccelerationOptions.from_config(config))
+    report = apply_acceleration(model.components, AccelerationOptions.from_config(config, components.device))
+
+Attention already runs through PyTorch's SDPA kernels (diffusers' AttnProcessor2_0 for self-attention,
+`XTICrossAttnProcessor` for cross-attention), on every device.
 
 Fused projections. diffusers' `UNet2DConditionModel.fuse_qkv_projections()` cannot be used: it
 replaces EVERY attention processor with `FusedAttnProcessor2_0`, which would drop our per-layer
@@ -21,14 +25,16 @@ and give each a fused processor that accepts and ignores the XTI kwargs; every c
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
 
-from viewneti_core.sd_models import SDComponents, resolve_dtype
+from viewneti_core.sd_models import SDComponents, resolve_device, resolve_dtype
 from viewneti_core.xti_attention import XTICrossAttnProcessor
 
 logger = logging.getLogger(__name__)
@@ -38,25 +44,53 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass
 class AccelerationOptions:
-    dtype: str | None = None  # "float32" | "float16" | "bfloat16"; None keeps the loaded dtype
+    dtype: str | None = None  # "auto" | "float32" | "float16" | "bfloat16"; None keeps the loaded dtype
     channels_last: bool = False
     fuse_self_attention: bool = False
     compile_unet: bool = False
     compile_mode: str = "default"  # "reduce-overhead" adds CUDA graphs
     compile_vae: bool = False  # the VAE encoder (training) and decoder (inference)
+    tf32: bool = False  # TF32 matmuls/convolutions for what stays in fp32 (CUDA only; no-op elsewhere)
+    compile_cache_dir: str | None = None  # inductor/triton caches, shared by every process that compiles
 
     @classmethod
-    def from_config(cls, config) -> AccelerationOptions:
-        """From a `ViewNetiConfig` (or its `run` section): the fast path is all-or-nothing per key."""
+    def from_config(cls, config, device: torch.device | str | None = None) -> AccelerationOptions:
+        """From a `ViewNetiConfig` (or its `run` section) for `device` (default: `run.device` resolved)."""
         run = getattr(config, "run", config)
+        device = resolve_device(run.device) if device is None else torch.device(device)
+        cuda = device.type == "cuda"
+        channels_last = cuda if run.channels_last == "auto" else bool(run.channels_last)
         return cls(
             dtype=run.dtype,
-            channels_last=run.channels_last,
+            channels_last=channels_last,
             # Fusing is pure layout (bit-for-bit the same maths up to matmul blocking), so it rides
             # with channels_last, the other layout knob.
-            fuse_self_attention=run.channels_last,
+            fuse_self_attention=channels_last,
             compile_unet=run.compile_unet,
+            tf32=cuda,
+            compile_cache_dir=str(compile_cache_dir(run.compile_cache_dir)) if run.compile_unet else None,
         )
+
+
+def compile_cache_dir(configured: str | Path | None = None) -> Path:
+    """Where inductor and triton keep compiled kernels: `run.compile_cache_dir`, else
+    $XDG_CACHE_HOME/viewneti/compile (default ~/.cache/viewneti/compile). Persisting it means each
+    pipeline task (a fresh process) loads the kernels instead of compiling the UNet again."""
+    if configured is not None:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "viewneti" / "compile"
+
+
+def use_compile_cache(path: str | Path) -> Path:
+    """Point inductor and triton at `path` (before the first compile; they read these variables then).
+    Explicit environment settings win, so a cluster can still share its own cache directory."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(path / "triton"))
+    # inductor's FX-graph cache (on by default in torch >= 2.4) makes warm starts skip compilation.
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    return path
 
 
 @dataclass
@@ -134,11 +168,15 @@ def apply_acceleration(components: SDComponents, options: AccelerationOptions) -
     report = AccelerationReport(options=asdict(options))
     if options.compile_mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {options.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+    if options.tf32 and components.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        report.applied.append("tf32")
     if options.dtype is not None:
-        dtype = resolve_dtype(options.dtype)
+        dtype = resolve_dtype(options.dtype, components.device)
         if components.unet.dtype != dtype:
             components.to(dtype=dtype)
-            report.applied.append(f"dtype={options.dtype}")
+            report.applied.append(f"dtype={str(dtype).removeprefix('torch.')}")
     if options.fuse_self_attention:
         xti_before = xti_layer_indices(components.unet)
         if not xti_before:
@@ -159,6 +197,8 @@ def apply_acceleration(components: SDComponents, options: AccelerationOptions) -
             report.skipped["compile"] = reason
             logger.warning("torch.compile skipped: %s", reason)
         else:
+            if options.compile_cache_dir is not None:
+                report.applied.append(f"compile_cache={use_compile_cache(options.compile_cache_dir)}")
             if options.compile_unet:
                 # In-place `Module.compile` keeps the module's type and attributes (config, dtype, ...).
                 components.unet.compile(mode=options.compile_mode, dynamic=False)

@@ -160,6 +160,7 @@ def member_names(zip_path: Path) -> list[str]:
 def extract_members(zip_path: Path, mapping: Mapping[str, str], dest_root: Path,
                     *, progress: bool = False, limits: ExtractionLimits = DEFAULT_LIMITS) -> CopyStats:
     """Extract the members named by `mapping` (member name -> relative destination) under `dest_root`.
+    `zip_path` may also be a seekable file, e.g. a remote_zip.RangeFile (members read over HTTP Range).
 
     Every member and destination is checked before the first byte is written."""
     dest_root = Path(dest_root)
@@ -176,10 +177,11 @@ def extract_members(zip_path: Path, mapping: Mapping[str, str], dest_root: Path,
         todo = [(infos[name], dest) for name, dest in targets.items() if not _zip_member_present(infos[name], dest)]
         kept = len(targets) - len(todo)
         needed = sum(info.file_size for info, _ in todo)
-        ensure_free_space(dest_root, needed, f"extracting {len(todo)} files from {Path(zip_path).name}")
+        archive_name = getattr(zip_path, "name", None) or Path(zip_path).name  # a path or a remote file
+        ensure_free_space(dest_root, needed, f"extracting {len(todo)} files from {archive_name}")
         logger.info("extracting %d files (%s) from %s into %s (%d already present)",
                     len(todo), _fmt_bytes(needed), zip_path, dest_root, kept)
-        with tqdm(total=needed, unit="B", unit_scale=True, desc=Path(zip_path).name,
+        with tqdm(total=needed, unit="B", unit_scale=True, desc=archive_name,
                   disable=not progress, leave=False) as bar:
             for info, dest in todo:
                 _extract_one(zf, info, zip_path, dest, bar)

@@ -70,7 +70,7 @@ def _cmd_infer(args: argparse.Namespace, overrides: list[str]) -> int:
     path = tuple(args.camera_path) if args.camera_path else None
     result = run_inference(
         args.run_dir, step=args.step, seeds=args.seeds, views=args.views, object_token=args.token,
-        out_dir=args.out, camera_path=path, base_model=args.model,
+        out_dir=args.out, camera_path=path, base_model=args.model, overrides=overrides,
     )
     label = " (RANDOM WEIGHTS: not benchmark quality)" if result.weights == "random" else ""
     print(f"rendered step {result.step}{label} -> {result.out_dir}")
@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="base model to check against: refuse a run that was trained on another one")
     infer.add_argument("--camera-path", type=int, nargs=3, metavar=("FROM", "TO", "FRAMES"),
                        help="also render a GIF along a path between two DTU cameras")
-    infer.set_defaults(handler=_cmd_infer, takes_overrides=False)
+    infer.epilog = ("Any further --run.KEY / --eval.KEY VALUE pairs override the run's saved config "
+                    "(e.g. --run.dtype float32 --eval.eval_batch_size 16).")
+    infer.set_defaults(handler=_cmd_infer, takes_overrides=True)
 
     generate = groups.add_parser("generate", help="view-controlled text-to-image with a pretrained view mapper")
     _config_args(generate)

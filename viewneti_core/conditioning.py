@@ -186,7 +186,8 @@ class TextConditioner:
         layers = self.num_layers
         device = self.device
         # One row per (prompt, layer): prompt-major, so a reshape to (N, L, ...) undoes it.
-        ids = input_ids.to(device).repeat_interleave(layers, dim=0)
+        host_ids = input_ids.cpu().repeat_interleave(layers, dim=0)  # token ids come from the CPU tokenizer
+        ids = host_ids.to(device)
         row_t = timesteps.to(device).repeat_interleave(layers)
         row_l = torch.arange(layers, device=device).repeat(n)
         row_cam = cameras.to(device).repeat_interleave(layers, dim=0) if cameras is not None else None
@@ -194,10 +195,12 @@ class TextConditioner:
         embeds = self._token_embeddings(ids)
         bypasses = []  # (mask (R, S), unit bypass (R, D), alpha)
         for token_id, mapper, alpha, is_view in self._placeholders():
-            mask = ids == token_id
-            rows = mask.any(dim=1).nonzero().flatten()
+            # Which rows hold the token is read on the host: no device sync per placeholder and chunk.
+            rows = (host_ids == token_id).any(dim=1).nonzero().flatten()
             if rows.numel() == 0:
                 continue
+            rows = rows.to(device, non_blocking=True)
+            mask = ids == token_id
             word, bypass = mapper(row_t[rows], row_l[rows], row_cam[rows] if is_view else None)
             full_word = embeds.new_zeros(embeds.shape[0], embeds.shape[2]).index_put((rows,), word.to(embeds.dtype))
             embeds = torch.where(mask[..., None], full_word[:, None, :], embeds)

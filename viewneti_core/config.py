@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -51,9 +52,12 @@ class RuntimeConfig(_Section):
     """Where and how models run (not part of the original config; device choices live here)."""
 
     device: str = "auto"  # "auto" picks cuda when available, else cpu
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dtype of the frozen weights at inference
-    compile_unet: bool = False  # torch.compile the UNet (GPU benchmarks)
-    channels_last: bool = False
+    # dtype of the frozen weights at inference: "auto" is bfloat16 on CUDA, float32 on CPU
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    compile_unet: bool = False  # torch.compile the UNet (dynamic=False: the sampler pads to fixed shapes)
+    # channels-last memory format + fused self-attention projections; "auto" is on for CUDA only
+    channels_last: bool | Literal["auto"] = "auto"
+    compile_cache_dir: Path | None = None  # inductor/triton caches; None: ~/.cache/viewneti/compile
 
 
 class LogConfig(_Section):
@@ -93,7 +97,9 @@ class DataConfig(_Section):
     super_category_object_token: str = "object"
     scan_token_pattern: str = "<scan{scan}>"  # object token of each scene in mode 3
     repeats: PositiveInt = 100
-    dataloader_num_workers: int = Field(default=0, ge=0)
+    # "auto": 4 worker processes on CUDA (augmentation off the GPU's critical path), 0 on CPU. Workers
+    # draw augmentations from their own seeds: reproducible for one worker count, not across counts.
+    dataloader_num_workers: NonNegativeInt | Literal["auto"] = "auto"
 
     @field_validator("dtu_subset")
     @classmethod
@@ -181,6 +187,7 @@ class EvalConfig(_Section):
     width: PositiveInt = 768
     height: PositiveInt = 576
     eval_batch_size: PositiveInt = 8  # images (views x seeds) per UNet call; each image costs 2 rows (CFG)
+    decode_batch_size: PositiveInt = 4  # images per VAE decode call (a 768x576 decode holds GBs per image)
     # DPM-Solver++'s last step: "sigma_min" as the original (diffusers 0.14), "zero" as diffusers >= 0.26
     final_sigmas_type: Literal["sigma_min", "zero"] = "sigma_min"
     validation_steps: PositiveInt = 250

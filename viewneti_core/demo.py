@@ -76,7 +76,8 @@ def run_demo(
     cameras = dtu.load_cameras(data_dir)
     normalization = CameraNormalization.from_cameras(cameras.reshape(len(cameras), 12), "dtu-12d")
     components = load_components(
-        model_dir, device=resolve_device(config.run.device), dtype=resolve_dtype(config.run.dtype)
+        model_dir, device=resolve_device(config.run.device),
+        dtype=resolve_dtype(config.run.dtype, resolve_device(config.run.device)),
     )
     torch.manual_seed(config.optim.seed or 0)  # the untrained mappers' initialisation
     model = build_model(

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 MAX_BACKOFF_S = 120.0
+UNREACHABLE_TRIES = 2  # a name that does not resolve or a refused connection: tries before giving up
+UNREACHABLE_BACKOFF_S = 1.0
 USER_AGENT = "viewneti-data/1"
 _TRANSIENT_HTTP_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -45,8 +48,21 @@ class ChecksumMismatchError(DownloadError):
     """The bytes received are not the file (size, sha256 or zip structure wrong); the bad file was deleted."""
 
 
+class HostUnreachableError(DownloadError, ValueError):
+    """The host's name does not resolve, or it refuses or cannot route the connection.
+
+    After a couple of quick tries this is not transient: a retry minutes later (6 downloads x 3 task
+    attempts, as it once was) finds the same typo or the same dead server. A ValueError too, so the
+    pipeline's retry policy (tasks/common.py) treats it as permanent.
+    """
+
+
 class _TransientError(Exception):
     """A failure worth retrying (connection drop, truncated body, 5xx)."""
+
+
+class _UnreachableError(_TransientError):
+    """DNS failure or refused/unroutable connection: retried only `UNREACHABLE_TRIES` times, quickly."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +180,7 @@ def download(
         return dest
 
     part = dest.with_name(dest.name + ".part")
-    failures = 0
+    failures = unreachable = 0
     while True:
         start_size = part.stat().st_size if part.exists() else 0
         try:
@@ -178,12 +194,18 @@ def download(
         except _TransientError as exc:
             now_size = part.stat().st_size if part.exists() else 0
             failures = 0 if now_size > start_size else failures + 1
+            unreachable = unreachable + 1 if isinstance(exc, _UnreachableError) else 0
+            kept = (f"; {now_size} bytes are kept in {part} and the next run resumes from there"
+                    if now_size else "")
+            if unreachable >= min(UNREACHABLE_TRIES, retries + 1):
+                raise HostUnreachableError(f"cannot download {url}: {exc} ({unreachable} tries){kept}") from None
             if failures > retries:
                 raise DownloadError(
-                    f"giving up on {url} after {retries + 1} attempts without progress: {exc}; "
-                    f"{now_size} bytes are kept in {part} and the next run resumes from there"
+                    f"giving up on {url} after {retries + 1} attempts without progress: {exc}{kept}"
                 ) from exc
             wait = min(backoff_s * 2 ** max(failures - 1, 0), MAX_BACKOFF_S)
+            if unreachable:
+                wait = min(wait, UNREACHABLE_BACKOFF_S)
             logger.warning("download of %s interrupted (%s); retrying in %.1f s", url, exc, wait)
             time.sleep(wait)
 
@@ -220,6 +242,8 @@ def _attempt(url: str, part: Path, *, timeout_s: float, progress: bool) -> tuple
             raise _TransientError(f"HTTP {exc.code} {exc.reason}") from exc
         raise DownloadError(f"downloading {url} failed: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        if (why := _unreachable_reason(exc, url)) is not None:
+            raise _UnreachableError(why) from exc
         raise _TransientError(f"{type(exc).__name__}: {exc}") from exc
 
     with response:
@@ -248,6 +272,25 @@ def _attempt(url: str, part: Path, *, timeout_s: float, progress: bool) -> tuple
     if total is not None and offset + received != total:
         raise _TransientError(f"connection closed after {offset + received} of {total} bytes")
     return total, digest.hexdigest(), content_type
+
+
+_UNROUTABLE_ERRNOS = frozenset({101, 113})  # ENETUNREACH, EHOSTUNREACH (Linux numbering)
+
+
+def _unreachable_reason(exc: BaseException, url: str) -> str | None:
+    """What to tell the user when `exc` means the host cannot be reached at all, else None."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    if isinstance(reason, socket.gaierror):
+        return (f"the host name {host!r} does not resolve ({reason.strerror or reason}): check the URL "
+                "and this machine's DNS / network access")
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    if isinstance(reason, ConnectionRefusedError):
+        return f"{host}:{port} refused the connection: is the server running, and is the port right?"
+    if isinstance(reason, OSError) and reason.errno in _UNROUTABLE_ERRNOS:
+        return f"no route to {host}:{port} ({reason.strerror}): check the network / proxy settings"
+    return None
 
 
 def _stream_body(response, part: Path, mode: str, offset: int, total: int | None, url: str,
@@ -415,6 +458,7 @@ __all__ = [
     "ChecksumMismatchError",
     "DownloadError",
     "FetchedFile",
+    "HostUnreachableError",
     "download",
     "fetch",
     "is_url",

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from viewneti_core.atomic_files import save_safetensors, temp_dir_beside
 from viewneti_core.cameras import interpolate_cameras
 from viewneti_core.checkpoints import load_checkpoint_mappers, read_checkpoint_info, resolve_checkpoint
 from viewneti_core.conditioning import VIEW_MAPPER_KEY
-from viewneti_core.config import ViewNetiConfig
+from viewneti_core.config import ConfigError, ViewNetiConfig, deep_merge, parse_overrides, validate_config
+from viewneti_core.cpu_budget import sampling_work, warn_if_slow_on_cpu
 from viewneti_core.images import labelled_grid, load_image, save_image_atomic, to_pil
 from viewneti_core.model import ViewNetiModel, build_model
 from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
@@ -51,22 +53,21 @@ def load_run(
     base_model: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    overrides: Sequence[str] | dict | None = None,
 ) -> LoadedRun:
-    """Rebuild the model of a training run from one of its checkpoints."""
+    """Rebuild the model of a training run from one of its checkpoints; `overrides` (dotted strings
+    like `--run.dtype float32` or a nested dict) change its saved `run`/`eval` sections."""
     checkpoint = resolve_checkpoint(Path(run_dir), step)
     info = read_checkpoint_info(checkpoint)
-    config = ViewNetiConfig.model_validate(info["config"])
+    config = with_overrides(ViewNetiConfig.model_validate(info["config"]), overrides)
     if base_model is not None and base_model != info["base_model"]:
         raise ValueError(
             f"run {run_dir} was trained on base model {info['base_model']!r}, not {base_model!r}: its mappers "
             "only work with the text encoder and UNet they were trained with"
         )
     run_cfg = config.run
-    components = load_components(
-        info["base_model"],
-        device=resolve_device(device or run_cfg.device),
-        dtype=resolve_dtype(dtype or run_cfg.dtype),
-    )
+    target = resolve_device(device or run_cfg.device)
+    components = load_components(info["base_model"], device=target, dtype=resolve_dtype(dtype or run_cfg.dtype, target))
     if components.text_width != info["text_width"]:
         raise ValueError(
             f"checkpoint {checkpoint} expects a {info['text_width']}-dim text encoder, {info['base_model']} has "
@@ -75,8 +76,23 @@ def load_run(
     mappers = load_checkpoint_mappers(checkpoint, device=components.device)
     view_mapper = mappers.pop(VIEW_MAPPER_KEY, None)
     model = build_model(config, components, view_mapper=view_mapper, object_mappers=mappers)
-    apply_acceleration(components, AccelerationOptions.from_config(config))
+    apply_acceleration(components, AccelerationOptions.from_config(config, components.device))
     return LoadedRun(model, config, checkpoint, info, int(info["step"]))
+
+
+INFER_OVERRIDE_SECTIONS = ("run", "eval")  # the rest is what the mappers were trained with
+
+
+def with_overrides(config: ViewNetiConfig, overrides: Sequence[str] | dict | None) -> ViewNetiConfig:
+    """A run's saved config with dotted overrides on top (how and what to render: `run.*`, `eval.*`)."""
+    if not overrides:
+        return config
+    tree = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+    other = sorted(set(tree) - set(INFER_OVERRIDE_SECTIONS))
+    if other:
+        raise ConfigError(f"override section(s) {other} cannot change for a trained run: only "
+                          f"{', '.join(s + '.*' for s in INFER_OVERRIDE_SECTIONS)} may be overridden at inference")
+    return validate_config(deep_merge(config.model_dump(mode="json"), tree))
 
 
 def mapper_camera_inputs(cameras: dict[int, np.ndarray], representation: str) -> dict[int, torch.Tensor]:
@@ -102,11 +118,19 @@ def render_cameras(
         raise ValueError(f"{object_token!r} is not a token of this run; it has {sorted(run.model.conditioner.object_mappers)}")
     prompt = view_prompt(run.config, object_token)
     vectors = mapper_camera_inputs(cameras, run.config.data.camera_representation)
-    keys = [(seed, cam) for seed in seeds for cam in cameras]
-    requests = [SampleRequest.with_camera(prompt, seed, vectors[cam]) for seed, cam in keys]
     sampler = ViewNetiSampler(run.model.components, run.model.conditioner, SamplerSettings.from_config(run.config))
-    images = sampler.sample(requests, progress=progress)
-    return dict(zip(keys, images, strict=True))
+    return sample_view_major(sampler, prompt, vectors, seeds, progress)
+
+
+def sample_view_major(
+    sampler: ViewNetiSampler, prompt: str, vectors: dict[int, torch.Tensor], seeds: list[int], progress: bool = True
+) -> dict[tuple[int, int], torch.Tensor]:
+    """{(seed, cam): image}, seed-major, rendered view-major: the seeds of one camera share a batch, so
+    its text contexts are encoded once and dropped as soon as the camera is done."""
+    order = [(seed, cam) for cam in vectors for seed in seeds]
+    requests = [SampleRequest.with_camera(prompt, seed, vectors[cam]) for seed, cam in order]
+    images = dict(zip(order, sampler.sample(requests, progress=progress), strict=True))
+    return {(seed, cam): images[(seed, cam)] for seed in seeds for cam in vectors}
 
 
 # ---- outputs -----------------------------------------------------------------------------------
@@ -236,14 +260,13 @@ def run_inference(
     object_token: str | None = None,
     out_dir: Path | None = None,
     camera_path: tuple[int, int, int] | None = None,
-    overrides: dict | None = None,
+    overrides: Sequence[str] | dict | None = None,
     progress: bool = True,
     base_model: str | None = None,
 ) -> InferenceResult:
-    """Render the DTU evaluation views (or `views`) of a run for every seed and write all outputs."""
-    run = load_run(run_dir, step, base_model=base_model)
-    if overrides:
-        run.config = run.config.model_copy(update={"eval": run.config.eval.model_copy(update=overrides)})
+    """Render the DTU evaluation views (or `views`) of a run for every seed and write all outputs;
+    `overrides` change the run's saved `run`/`eval` config (see `with_overrides`)."""
+    run = load_run(run_dir, step, base_model=base_model, overrides=overrides)
     config = run.config
     if config.learnable_mode == 0:
         raise ValueError("mode-0 runs have no view mapper: use `viewneti generate` with a prompt instead")
@@ -261,6 +284,9 @@ def run_inference(
         raise ValueError(f"camera index(es) {bad} out of range: DTU views are 0..{dtu.NUM_VIEWS - 1}")
     subset = dtu.subset_views(config.data.dtu_subset)
     train_cams = set(subset) if config.learnable_mode != 3 else set()
+    frames = camera_path[2] if camera_path is not None else 0
+    warn_if_slow_on_cpu(run.model.components.device, run.model.components.unet,
+                        sampling_work(config, len(views) * len(seeds) + frames, ("--views", "--seeds")))
     images = render_cameras(run, token, {cam: all_cameras[cam] for cam in views}, seeds, progress=progress)
 
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "inference" / f"step-{run.step}"
@@ -332,17 +358,20 @@ def run_generate(
         raise ValueError(f"{view_mapper} does not record its base model: pass --model")
     if recorded is not None and base_model is not None and base_model != recorded:
         raise ValueError(f"view mapper {view_mapper} was trained on {recorded!r}, not {base_model!r}")
-    components = load_components(base, device=resolve_device(config.run.device), dtype=resolve_dtype(config.run.dtype))
+    target = resolve_device(config.run.device)
+    components = load_components(base, device=target, dtype=resolve_dtype(config.run.dtype, target))
     mapper = load_pretrained_view_mapper(
         view_mapper, text_width=components.text_width, camera_representation=config.data.camera_representation
     )
     model = build_model(config, components, view_mapper=mapper)
-    apply_acceleration(components, AccelerationOptions.from_config(config))
+    apply_acceleration(components, AccelerationOptions.from_config(config, components.device))
     vectors = mapper_camera_inputs(cameras, config.data.camera_representation)
-    requests = [SampleRequest.with_camera(prompt, seed, vectors[cam]) for seed in seeds for cam in cameras]
-    images = ViewNetiSampler(components, model.conditioner, SamplerSettings.from_config(config)).sample(requests, progress)
+    sampler = ViewNetiSampler(components, model.conditioner, SamplerSettings.from_config(config))
+    warn_if_slow_on_cpu(components.device, components.unet,
+                        sampling_work(config, len(vectors) * len(seeds), ("--cameras", "--seeds")))
+    images = sample_view_major(sampler, prompt, vectors, seeds, progress)
     label = "_random-weights" if components.weights == "random" else ""
     paths = []
-    for (seed, index), image in zip([(s, i) for s in seeds for i in cameras], images, strict=True):
+    for (seed, index), image in images.items():
         paths.append(save_image_atomic(to_pil(image), Path(out_dir) / f"seed{seed}_cam{index:02d}{label}.png"))
     return paths

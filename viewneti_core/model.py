@@ -86,7 +86,7 @@ def build_model(
             config.model.pretrained_model_name_or_path,
             revision=config.model.revision,
             device=resolve_device(config.run.device),
-            dtype=resolve_dtype(config.run.dtype),
+            dtype=resolve_dtype(config.run.dtype, resolve_device(config.run.device)),
         )
     num_layers = install_xti_processors(components.unet)
     data = config.data

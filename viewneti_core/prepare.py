@@ -9,7 +9,11 @@ Output layout (DESIGN 3.8), whatever the sources looked like:
     DIR/prepare_stamp.json                                      written last: marks the tree complete
 
 Only the chosen light is extracted: the protocol uses one light (3), and all seven would need 7x the
-disk for data nothing reads. What a source holds is decided from its member names, never its file
+disk for data nothing reads. A URL is read in place over HTTP Range (remote_zip.py): only the central
+directory and the needed members travel, each checked against its CRC-32; the whole archive is
+downloaded instead when the server ignores Range, when a sha256 is given for it (only then can it be
+checked), or when a complete download is already cached. The stamp records per source which mode was
+used and what was verified. What a source holds is decided from its member names, never its file
 name. Every file is written to a temp name and renamed, the stamp is removed before any change and
 written after validation, so a tree with a stamp is complete. A re-run with the same inputs on a valid
 tree does nothing; one with new inputs only rewrites files whose content differs.
@@ -48,6 +52,7 @@ from viewneti_core.archives import (
 )
 from viewneti_core.download import DownloadError, FetchedFile, fetch, is_url, local_path, url_filename
 from viewneti_core.images import ImageDecodeError, load_image
+from viewneti_core.remote_zip import RangeFile, RangeNotSupportedError, open_remote_zip
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +105,8 @@ class _Inventory:
 
     fetched: FetchedFile
     is_zip: bool
+    remote: RangeFile | None = None  # partial mode: members are read over HTTP Range
+    note: str = ""  # why a URL was downloaded whole
     images: dict[tuple[int, int, int], str] = field(default_factory=dict)  # (scan, cam, light) -> name
     cameras: dict[int, str] = field(default_factory=dict)  # cam -> name
     masks: dict[tuple[int, int], str] = field(default_factory=dict)  # (scan, cam) -> name
@@ -156,7 +163,7 @@ def prepare_dtu(
             logger.info("%s has a stamp for these inputs but %s; preparing again", out_dir, problem)
 
         # Fetching and planning do not touch the tree, so a bad request leaves a good tree intact.
-        inventories = [_inventory(_fetch_source(s, cache_dir, expected.get(s), retries, backoff_s,
+        inventories = [_inventory(*_open_source(s, cache_dir, expected.get(s), retries, backoff_s,
                                                 timeout_s, progress)) for s in sources]
         plan = _plan(inventories, scans, light)
 
@@ -182,11 +189,8 @@ def prepare_dtu(
             "format": PREPARE_FORMAT,
             "code_version": code_version(),
             "inputs": inputs,
-            "sources": [
-                {"source": inv.label, "path": str(inv.fetched.path), "size": inv.fetched.size,
-                 "sha256": inv.fetched.sha256, "holds": inv.holds()}
-                for inv in inventories
-            ],
+            "sources": [_source_record(inv, mapping, inv.label in expected)
+                        for inv, mapping in zip(inventories, plan, strict=True)],
             "outputs": {"manifest": MANIFEST_NAME, "n_images": len(manifest),
                         "scans_with_masks": sorted({s for s, _ in mask_keys})},
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -297,6 +301,46 @@ def _source_name(source: str) -> str:
     return url_filename(source) if is_url(source) else local_path(source).name
 
 
+def _open_source(source: str, cache_dir: Path, sha256: str | None, retries: int, backoff_s: float,
+                 timeout_s: float, progress: bool) -> tuple[FetchedFile, RangeFile | None, str]:
+    """(what was fetched, the remote archive in partial mode, why a URL was downloaded whole)."""
+    if not is_url(source):
+        return _fetch_source(source, cache_dir, sha256, retries, backoff_s, timeout_s, progress), None, ""
+    if sha256 is not None:
+        note = "a sha256 was given for it: the whole archive is downloaded so that it can be checked"
+    elif (cache_dir / url_filename(source)).exists():
+        note = "a complete download was already in the cache"
+    else:
+        try:
+            remote = open_remote_zip(source, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
+        except (RangeNotSupportedError, NotAnArchiveError) as exc:
+            note = f"partial reading is not possible ({exc})"
+            logger.info("%s: %s; downloading the whole archive", source, note)
+        else:
+            logger.info("reading the needed members of %s over HTTP Range (%d bytes in all)", source, remote.size)
+            fetched = FetchedFile(source, cache_dir / url_filename(source), remote.size, None, True)
+            return fetched, remote, ""
+    return _fetch_source(source, cache_dir, sha256, retries, backoff_s, timeout_s, progress), None, note
+
+
+def _source_record(inv: _Inventory, mapping: dict[str, str], sha256_given: bool) -> dict:
+    """What the stamp says about one source: where it came from, how it was read, what was verified."""
+    record = {"source": inv.label, "size": inv.fetched.size, "holds": inv.holds()}
+    crc = f"CRC-32 of each of the {len(mapping)} extracted member(s)" if inv.is_zip else None
+    if inv.remote is not None:
+        record.update({
+            "mode": "partial", "path": None, "sha256": None, "bytes_transferred": inv.remote.bytes_received,
+            "verified": [crc, "the whole-archive sha256 is NOT checked in partial mode: only the central "
+                              "directory and the needed members were read"]})
+        return record
+    sha = "sha256 of the whole archive, against the given value" if sha256_given else None
+    record.update({"mode": "full" if inv.fetched.downloaded else "local", "path": str(inv.fetched.path),
+                   "sha256": inv.fetched.sha256, "verified": [v for v in (sha, crc) if v]})
+    if inv.note:
+        record["why_full"] = inv.note
+    return record
+
+
 def _fetch_source(source: str, cache_dir: Path, sha256: str | None, retries: int, backoff_s: float,
                   timeout_s: float, progress: bool) -> FetchedFile:
     try:
@@ -309,10 +353,14 @@ def _fetch_source(source: str, cache_dir: Path, sha256: str | None, retries: int
 def _extract(inv: _Inventory, mapping: dict[str, str], out_dir: Path, progress: bool,
              limits: ExtractionLimits) -> None:
     try:
-        extract_members(inv.fetched.path, mapping, out_dir, progress=progress, limits=limits)
+        extract_members(inv.remote or inv.fetched.path, mapping, out_dir, progress=progress, limits=limits)
     except CorruptArchiveError as exc:
         if not inv.fetched.downloaded:
             raise
+        if inv.remote is not None:
+            raise CorruptArchiveError(f"{exc}. It was read over HTTP Range from {inv.label}: the server's copy "
+                                      "may be damaged; a run with its sha256 given downloads and checks it "
+                                      "whole") from None
         # Not deleted automatically: a damaged member may be the server's copy, and a re-download
         # of 100+ GB should be the user's decision.
         raise CorruptArchiveError(
@@ -320,18 +368,18 @@ def _extract(inv: _Inventory, mapping: dict[str, str], out_dir: Path, progress: 
             "(--sha256 checks a download against a published digest)") from None
 
 
-def _inventory(fetched: FetchedFile) -> _Inventory:
+def _inventory(fetched: FetchedFile, remote: RangeFile | None = None, note: str = "") -> _Inventory:
     """Classify a source's members into images / calibration / masks by their names."""
-    if fetched.path.is_dir():
+    if remote is None and fetched.path.is_dir():
         names = _directory_files(fetched.path)
         inv = _Inventory(fetched, is_zip=False)
     else:
         try:
-            names = member_names(fetched.path)
+            names = member_names(remote or fetched.path)
         except NotAnArchiveError as exc:
             raise PrepareError(f"source {fetched.source!r}: {exc}; expected a zip archive or a "
                                "directory") from None
-        inv = _Inventory(fetched, is_zip=True)
+        inv = _Inventory(fetched, is_zip=True, remote=remote, note=note)
     for name in names:
         if (image := dtu.parse_rectified_member(name)) is not None:
             inv.images.setdefault(image, name)

@@ -4,6 +4,12 @@ DPM-Solver++ (multistep, built from the model's own scheduler config), classifie
 the empty prompt, unconditional and conditional rows in ONE UNet call, and many requests (cameras x
 seeds) per batch. Every request has its own generator, so an image depends only on (seed, camera,
 prompt, weights), never on which other requests shared its batch.
+
+The text encoder runs once per distinct (prompt, camera) for all timesteps of a `sample` call and its
+contexts are shared by every seed and batch that uses them (kept until their last batch); the
+unconditional context is encoded once per sampler. Every batch has the same shape (the ragged last
+one is padded with copies of its last request, whose images are dropped), so a UNet compiled with
+`dynamic=False` never recompiles; the VAE decodes `decode_batch_size` images at a time.
 """
 
 from __future__ import annotations
@@ -44,12 +50,14 @@ class SamplerSettings:
     width: int = 768
     batch_size: int = 8  # requests per UNet call (each request is two rows: uncond and cond)
     final_sigmas_type: str = "sigma_min"  # the original's last step (diffusers 0.14); "zero" is today's default
+    decode_batch_size: int = 4  # images per VAE decode call
 
     @classmethod
     def from_config(cls, config) -> SamplerSettings:
         """The `eval` section of a ViewNetiConfig."""
         e = config.eval
-        return cls(e.num_denoising_steps, e.guidance_scale, e.height, e.width, e.eval_batch_size, e.final_sigmas_type)
+        return cls(e.num_denoising_steps, e.guidance_scale, e.height, e.width, e.eval_batch_size, e.final_sigmas_type,
+                   e.decode_batch_size)
 
 
 def make_dpm_solver(components: SDComponents, num_inference_steps: int,
@@ -76,27 +84,36 @@ class ViewNetiSampler:
         scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
         if settings.height % scale or settings.width % scale:
             raise ValueError(f"height and width must be multiples of {scale}, got {settings.width}x{settings.height}")
-        if settings.num_inference_steps < 1 or settings.batch_size < 1:
-            raise ValueError("num_inference_steps and batch_size must be positive")
+        if settings.num_inference_steps < 1 or settings.batch_size < 1 or settings.decode_batch_size < 1:
+            raise ValueError("num_inference_steps, batch_size and decode_batch_size must be positive")
         self.components = components
         self.conditioner = conditioner
         self.settings = settings
         self.latent_shape = (components.unet.config.in_channels, settings.height // scale, settings.width // scale)
+        self._uncond: torch.Tensor | None = None  # (1, 77, D) empty-prompt context, encoded on first use
 
     @torch.no_grad()
-    def sample(self, requests: Sequence[SampleRequest], progress: bool = True) -> torch.Tensor:
+    def sample(self, requests: Sequence[SampleRequest], progress: bool = True, desc: str = "sampling") -> torch.Tensor:
         """Images in [0, 1] as a float32 CPU tensor (N, 3, H, W), in the order of `requests`."""
         if not requests:
             raise ValueError("no sample requests given")
         # Validate every prompt/camera pair before any UNet work.
         self._check_requests(requests)
-        size = self.settings.batch_size
-        batches = [requests[i : i + size] for i in range(0, len(requests), size)]
-        images = []
+        size = min(self.settings.batch_size, len(requests))  # one shape for every batch of this call
+        batches = [list(requests[i : i + size]) for i in range(0, len(requests), size)]
         steps = self.settings.num_inference_steps
-        with tqdm(total=len(batches) * steps, desc="sampling", unit="step", disable=not progress) as bar:
-            for batch in batches:
-                images.append(self._sample_batch(batch, bar))
+        timesteps = make_dpm_solver(self.components, steps, self.settings.final_sigmas_type).timesteps
+        last_use = {_pair(r): index for index, batch in enumerate(batches) for r in batch}
+        cache: dict = {}
+        images = []
+        with tqdm(total=len(batches) * steps, desc=desc, unit="step", disable=not progress) as bar:
+            for index, batch in enumerate(batches):
+                padded = batch + [batch[-1]] * (size - len(batch))
+                keys, values = self._contexts(padded, timesteps, cache)
+                latents = self._denoise(padded, keys, values, bar)
+                images.append(self.decode(latents[: len(batch)]))  # padding rows are never decoded
+                for pair in [p for p, last in last_use.items() if last == index]:
+                    cache.pop(pair, None)  # no later batch needs it
         return torch.cat(images)
 
     def _check_requests(self, requests: Sequence[SampleRequest]) -> None:
@@ -111,13 +128,14 @@ class ViewNetiSampler:
             if r.camera is not None and not all(np.isfinite(r.camera)):
                 raise ValueError(f"camera for prompt {r.prompt!r} (seed {r.seed}) has non-finite values")
 
-    def _sample_batch(self, batch: Sequence[SampleRequest], bar: tqdm) -> torch.Tensor:
+    def _denoise(self, batch: Sequence[SampleRequest], keys: torch.Tensor, values: torch.Tensor,
+                 bar: tqdm) -> torch.Tensor:
+        """Final latents of one batch, given its contexts `keys`/`values` (T, L, 2B, 77, D)."""
         components, settings = self.components, self.settings
         device, unet = components.device, components.unet
         scheduler = make_dpm_solver(components, settings.num_inference_steps, settings.final_sigmas_type)
         timesteps = scheduler.timesteps
 
-        keys, values = self._contexts(batch, timesteps)  # (T, L, 2B, 77, D) each
         latents = torch.cat([initial_latents(r.seed, (1, *self.latent_shape)) for r in batch])
         latents = latents.to(device=device, dtype=unet.dtype) * scheduler.init_noise_sigma
 
@@ -134,36 +152,57 @@ class ViewNetiSampler:
             guided = uncond + settings.guidance_scale * (cond - uncond)
             latents = scheduler.step(guided, t, latents, return_dict=False)[0]
             bar.update(1)
-        return self.decode(latents)
+        return latents
 
-    def _contexts(self, batch: Sequence[SampleRequest], timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-layer contexts for every step: conditional rows from the mappers, all timesteps of all
-        distinct (prompt, camera) pairs in one batched encoding; the unconditional row is the plain
-        empty-prompt encoding, the same for every layer and step."""
-        conditioner = self.conditioner
-        unique = list(dict.fromkeys((r.prompt, r.camera) for r in batch))
-        where = [unique.index((r.prompt, r.camera)) for r in batch]
-        ids = conditioner.tokenize([p for p, _ in unique], [c is not None for _, c in unique])
-        n_steps, n_unique = len(timesteps), len(unique)
-        cam_dim = conditioner.view_mapper.camera_dim if conditioner.view_mapper is not None else 0
-        cameras = torch.tensor([c if c is not None else (0.0,) * cam_dim for _, c in unique], dtype=torch.float32)
-        # Rows are step-major: row = step * n_unique + condition.
-        keys, values = conditioner.encode(
-            ids.repeat(n_steps, 1),
-            timesteps.to(torch.float32).repeat_interleave(n_unique),
-            cameras.repeat(n_steps, 1) if cam_dim else None,
-        )
-        layers, _, length, width = keys.shape
-        index = torch.tensor(where, device=keys.device)
-        keys = keys.reshape(layers, n_steps, n_unique, length, width).transpose(0, 1)[:, :, index]
-        values = values.reshape(layers, n_steps, n_unique, length, width).transpose(0, 1)[:, :, index]
+    def _contexts(
+        self, batch: Sequence[SampleRequest], timesteps: torch.Tensor, cache: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer contexts (T, L, 2B, 77, D) of a batch: unconditional rows first, then conditional.
 
-        empty = conditioner.encode_plain(tokenize(conditioner.tokenizer, [""]))  # (1, 77, D)
-        uncond = empty.expand(n_steps, layers, len(batch), length, width)
-        dtype = self.components.unet.dtype
-        return torch.cat([uncond, keys], dim=2).to(dtype), torch.cat([uncond, values], dim=2).to(dtype)
+        Conditional contexts come from `cache` ({(prompt, camera): (keys, values), each (T, L, 77, D)});
+        the pairs it lacks are encoded for all timesteps in one batched call (rows step-major within
+        it) and added. The unconditional row is the plain empty-prompt encoding, the same for every
+        layer and step.
+        """
+        cache = {} if cache is None else cache
+        conditioner, dtype = self.conditioner, self.components.unet.dtype
+        missing = [p for p in dict.fromkeys(_pair(r) for r in batch) if p not in cache]
+        if missing:
+            ids = conditioner.tokenize([p for p, _ in missing], [c is not None for _, c in missing])
+            n_steps, n_new = len(timesteps), len(missing)
+            cam_dim = conditioner.view_mapper.camera_dim if conditioner.view_mapper is not None else 0
+            cameras = torch.tensor([c if c is not None else (0.0,) * cam_dim for _, c in missing], dtype=torch.float32)
+            keys, values = conditioner.encode(  # row = step * n_new + pair
+                ids.repeat(n_steps, 1),
+                timesteps.to(torch.float32).repeat_interleave(n_new),
+                cameras.repeat(n_steps, 1) if cam_dim else None,
+            )
+            layers, _, length, width = keys.shape
+            keys = keys.to(dtype).reshape(layers, n_steps, n_new, length, width).permute(2, 1, 0, 3, 4)
+            values = values.to(dtype).reshape(layers, n_steps, n_new, length, width).permute(2, 1, 0, 3, 4)
+            for i, pair in enumerate(missing):
+                cache[pair] = (keys[i], values[i])
+        cond_keys = torch.stack([cache[_pair(r)][0] for r in batch], dim=2)
+        cond_values = torch.stack([cache[_pair(r)][1] for r in batch], dim=2)
+        uncond = self._unconditional().expand(*cond_keys.shape[:2], len(batch), *cond_keys.shape[3:])
+        return torch.cat([uncond, cond_keys], dim=2), torch.cat([uncond, cond_values], dim=2)
+
+    def _unconditional(self) -> torch.Tensor:
+        if self._uncond is None:
+            empty = self.conditioner.encode_plain(tokenize(self.conditioner.tokenizer, [""]))  # (1, 77, D)
+            self._uncond = empty.to(self.components.unet.dtype)
+        return self._uncond
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.components.vae
-        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
+        """Images in [0, 1] (float32, CPU), `decode_batch_size` latents per VAE call."""
+        vae, chunk = self.components.vae, self.settings.decode_batch_size
+        out = []
+        for part in latents.split(chunk):
+            images = vae.decode(part.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            out.append((images.float() / 2 + 0.5).clamp(0, 1).cpu())
+        return torch.cat(out)
+
+
+def _pair(request: SampleRequest) -> tuple[str, tuple[float, ...] | None]:
+    """What a request's text contexts depend on (not its seed)."""
+    return request.prompt, request.camera

@@ -25,6 +25,7 @@ from diffusers.optimization import get_scheduler
 from torch import nn
 from tqdm.auto import tqdm
 
+from viewneti_core.acceleration import AccelerationOptions, apply_acceleration
 from viewneti_core.atomic_files import temp_file_beside
 from viewneti_core.checkpoints import (
     RESUMABLE_KEYS,
@@ -39,6 +40,7 @@ from viewneti_core.checkpoints import (
 )
 from viewneti_core.conditioning import VIEW_MAPPER_KEY, TextConditioner
 from viewneti_core.config import ViewNetiConfig, dump_config
+from viewneti_core.cpu_budget import training_work, warn_if_slow_on_cpu
 from viewneti_core.model import ViewNetiModel, build_model
 from viewneti_core.sd_models import SDComponents, load_components, resolve_device
 from viewneti_core.training_data import TrainingData, build_training_data, collate
@@ -178,7 +180,7 @@ def resume_checkpoint_of(config: ViewNetiConfig, resume: str | int | Path) -> Pa
         if not list_checkpoints(run_dir):
             raise TrainingSetupError(
                 f"cannot resume {run_dir}: it holds no checkpoint yet (the run stopped before its first one; "
-                f"they are written every log.save_steps steps); {start_over}"
+                f"they are written every log.save_steps = {config.log.save_steps} steps); {start_over}"
             )
     checkpoint = resolve_checkpoint(run_dir, resume)
     problems = resume_problems(checkpoint, config.model_dump(mode="json"))
@@ -312,6 +314,11 @@ def train(
         components.to(device=accelerator.device, dtype=weight_dtype).freeze()
     check_new_tokens(components.tokenizer, [config.data.placeholder_view_token, *data.object_tokens], components.source)
     model = build_training_model(config, components, data, resume_checkpoint)
+    # The inference fast path, minus the dtype (optim.mixed_precision sets it): channels-last, fused
+    # self-attention projections and TF32 on CUDA ("auto"), torch.compile when run.compile_unet.
+    acceleration = AccelerationOptions.from_config(config, accelerator.device)
+    acceleration.dtype = None
+    logger.info("acceleration: %s", apply_acceleration(components, acceleration).applied or "none")
     conditioner = model.conditioner
 
     if accelerator.is_main_process:
@@ -349,9 +356,11 @@ def train(
         "%d steps", config.learnable_mode, sum(p.numel() for p in trainable), len(data.dataset.images),
         data.dataset.repeats, lr, optim.max_train_steps,
     )
+    if accelerator.is_local_main_process:
+        warn_if_slow_on_cpu(accelerator.device, components.unet, training_work(config, optim.max_train_steps - state.step))
     posteriors = cache_vae_posteriors(components.vae, data.dataset, weight_dtype) if optim.cache_vae_posteriors else None
     losses: list[float] = []
-    accumulated: list[float] = []
+    accumulated: list[torch.Tensor] = []  # micro-batch losses, kept on the device until the step ends
     bar = tqdm(total=optim.max_train_steps, initial=state.step, desc=f"mode {config.learnable_mode}",
                disable=not progress or not accelerator.is_local_main_process)
 
@@ -359,7 +368,8 @@ def train(
         batches = data.batches(state.epoch)[accelerator.process_index :: accelerator.num_processes]
         loader = torch.utils.data.DataLoader(
             data.dataset, batch_sampler=batches[state.batch_in_epoch :], collate_fn=collate,
-            num_workers=config.data.dataloader_num_workers,
+            num_workers=loader_workers(config.data.dataloader_num_workers, accelerator.device),
+            pin_memory=accelerator.device.type == "cuda",
             # The loader draws a base seed for its workers whenever an iterator starts; drawing it from
             # its own generator keeps the global RNG stream identical between a resumed and a straight run.
             generator=torch.Generator().manual_seed((optim.seed or 0) * 100_003 + state.epoch),
@@ -367,7 +377,7 @@ def train(
         for batch in loader:
             state.batch_in_epoch += 1
             with accelerator.accumulate(mapper_module):
-                pixels = batch["pixel_values"].to(accelerator.device, dtype=weight_dtype)
+                pixels = batch["pixel_values"].to(accelerator.device, dtype=weight_dtype, non_blocking=True)
                 cameras = batch.get("camera")
                 ids = conditioner.tokenize(batch["caption"], cameras is not None)
                 posterior = None
@@ -381,12 +391,12 @@ def train(
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            accumulated.append(loss.detach().item())
+            accumulated.append(loss.detach())
             if not accelerator.sync_gradients:
                 continue
 
             state.step += 1
-            step_loss = sum(accumulated) / len(accumulated)
+            step_loss = float(torch.stack(accumulated).mean())  # one host sync per optimizer step
             accumulated.clear()
             losses.append(step_loss)
             bar.update(1)
@@ -404,7 +414,7 @@ def train(
                     optimizer, lr_scheduler, state, config.log.checkpoints_total_limit,
                 )
             if accelerator.is_main_process and (state.step % config.eval.validation_steps == 0 or (done and config.eval.final_validation)):
-                render_validation(config, model, data, run_dir, state.step, accelerator)
+                render_validation(config, model, data, run_dir, state.step, accelerator, progress=progress)
             if on_step_end is not None:
                 on_step_end(state.step)
             if done:
@@ -417,6 +427,17 @@ def train(
     accelerator.end_training()
     final = resolve_checkpoint(run_dir, state.step)
     return TrainResult(run_dir, final, state.step, losses, model.weights_label)
+
+
+def loader_workers(setting: int | str, device: torch.device) -> int:
+    """`data.dataloader_num_workers`: "auto" is 4 worker processes (at most the CPUs there are) on CUDA,
+    so image decoding and augmentation overlap the GPU's work, and 0 on CPU, whose cores the UNet uses."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cpus)
 
 
 def checkpoint_info(config: ViewNetiConfig, model: ViewNetiModel) -> dict:

@@ -19,8 +19,10 @@ logger = logging.getLogger(__name__)
 RANDOM_TITLE = "RANDOM WEIGHTS - not benchmark quality"
 
 
-def render_validation(config: ViewNetiConfig, model: ViewNetiModel, data, run_dir: Path, step: int, accelerator=None) -> Path:
-    """Render, save `validation/step-XXXXXX.png` and log it; the training RNG streams are untouched."""
+def render_validation(config: ViewNetiConfig, model: ViewNetiModel, data, run_dir: Path, step: int, accelerator=None,
+                      progress: bool = True) -> Path:
+    """Render, save `validation/step-XXXXXX.png` and log it; the training RNG streams are untouched.
+    `progress`: a progress bar (at SD sizes on a CPU a validation render takes minutes)."""
     conditioner = model.conditioner
     seed = config.eval.seeds[0]
     rows: list[list[Image.Image]] = []
@@ -39,7 +41,8 @@ def render_validation(config: ViewNetiConfig, model: ViewNetiModel, data, run_di
     settings = SamplerSettings.from_config(config)
     devices = [model.components.device] if model.components.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        images = ViewNetiSampler(model.components, conditioner, settings).sample(requests, progress=False)
+        images = ViewNetiSampler(model.components, conditioner, settings).sample(requests, progress=progress,
+                                                                               desc=f"validation at step {step}")
     predictions = [to_pil(image) for image in images]
     if rows:
         rows[0] = [gt.convert("RGB").resize(predictions[0].size, Image.BICUBIC) for gt in rows[0]]
