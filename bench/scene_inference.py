@@ -13,7 +13,13 @@ from bench.reference_path import ReferenceStyleSampler, use_reference_attention
 from bench.setup import DTYPES, PROMPT, build_bench_model
 from viewneti_core import dtu
 from viewneti_core.inference import sample_view_major
-from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler, make_dpm_solver
+from viewneti_core.sampler import (
+    SampleRequest,
+    SamplerSettings,
+    ViewNetiSampler,
+    batch_shape,
+    make_dpm_solver,
+)
 
 FULL = {"views": 34, "seeds": 3, "steps": 30, "width": 768, "height": 576}
 
@@ -41,7 +47,7 @@ def _count_ours(sampler: ViewNetiSampler, requests: list[SampleRequest]) -> dict
     """FLOPs per phase as `ViewNetiSampler.sample` spends them, counted on the eager modules (same
     maths): contexts once per distinct (prompt, camera) for all timesteps, every batch padded to one
     shape, decode of the real images only."""
-    size = min(sampler.settings.batch_size, len(requests))
+    size = batch_shape(len(requests), sampler.settings.batch_size)
     n_batches = -(-len(requests) // size)
     n_pairs = len({(r.prompt, r.camera) for r in requests})
     steps = sampler.settings.num_inference_steps
@@ -125,7 +131,7 @@ def _run_ours(args, device, dtype, settings, peak_tflops):
     if args.warmup:  # the same warm-up for both paths: one untimed call on the first UNet batch
         synchronize(device)
         start = time.perf_counter()
-        sampler.sample(requests[: settings.batch_size], progress=False)
+        sampler.sample(requests[: batch_shape(len(requests), settings.batch_size)], progress=False)  # same shape
         synchronize(device)
         cold_s = time.perf_counter() - start
     runs = []

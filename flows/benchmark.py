@@ -9,6 +9,8 @@ finishes them, writes the tables and the report, and then fails naming the faile
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_and_report
@@ -21,7 +23,7 @@ from flows.common import (
     progress_key,
     run_items,
 )
-from flows.params import BenchmarkConfig
+from flows.params import BenchmarkConfig, load_benchmark_config
 from flows.prepare import prepare_dtu_flow
 
 
@@ -53,3 +55,27 @@ def dtu_benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> dict:  # noqa:
         raise BenchmarkItemsFailed(outcome.failure_message(len(config.items), config.run_dir))
     logger.info("benchmark %s finished: report %s", config.name, result["report"])
     return result
+
+
+def _config_file_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    path = (flow_run.parameters or {}).get("config_file")
+    try:
+        return str(load_benchmark_config(path).name)
+    except Exception:  # noqa: BLE001 - only a run name; the flow itself reports a bad file
+        return "dtu-benchmark"
+
+
+@flow(name="dtu-benchmark-with-view-mapper", flow_run_name=_config_file_run_name, validate_parameters=True)
+def dtu_benchmark_with_view_mapper(config_file: str, view_mapper: str) -> dict:
+    """The whole benchmark of a saved config (RUN_DIR/benchmark-config.json, written by pretrain-view-mapper)
+    with the given view mapper: what the event viewneti.view-mapper.ready triggers. Everything the same
+    mapper already produced is reused from the cache; only new work runs."""
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config_file {path} does not exist (the event's payload.config_file names the "
+                                "benchmark-config.json that pretrain-view-mapper writes into the run directory)")
+    config = load_benchmark_config(path, {"pretrained_view_mapper": view_mapper})
+    get_run_logger().info("benchmark %s from %s with view mapper %s", config.name, path, view_mapper)
+    return dtu_benchmark(config=config)

@@ -102,7 +102,8 @@ def obtain_view_mapper(config: BenchmarkConfig, view_mapper: str | None = None) 
         return resolve_view_mapper_task(given)
     with gpu_annotations():
         future = pretrain_task.with_options(**task_opts(config)).submit(
-            pretrain_config(config), name=config.name, ledger_dir=str(config.ledger_dir))
+            pretrain_config(config), name=config.name, ledger_dir=str(config.ledger_dir),
+            progress_key=pretrain_progress_key(config))
     return future.result()
 
 
@@ -166,25 +167,32 @@ def _why(stages: dict[str, PrefectFuture]) -> str:
 
 
 def run_items(config: BenchmarkConfig, items: list[tuple[int, int]], mapper: dict, progress_key: str) -> ItemOutcome:
-    """Submit every item, wait for all of them (a failed item never stops the others), report progress."""
+    """Submit every item, wait for all of them (a failed item never stops the others), report progress
+    by stage: each finished fit, infer and evaluate moves the bar (an item is three steps of it)."""
     logger = get_run_logger()
-    progress = ProgressArtifact(progress_key, len(items), f"{config.name}: (scan, n_views) items")
+    progress = ProgressArtifact(progress_key, len(items), f"{config.name}: (scan, n_views) items", STAGES)
     chains = {item_name(scan, n): submit_item(config, scan, n, mapper) for scan, n in items}
-    by_future = {chain["evaluate"]: item for item, chain in chains.items()}
+    by_future = {future: (item, stage) for item, chain in chains.items() for stage, future in chain.items()}
     outcome = ItemOutcome()
     for future in as_completed(list(by_future)):
-        item = by_future[future]
+        item, stage = by_future[future]
         future.wait()
-        state = future.state
-        if state.is_completed():
+        ok = future.state.is_completed()
+        progress.advance(stage, ok)
+        if stage != "evaluate":
+            continue
+        if ok:
             outcome.records[item] = future.result()
             logger.info("item %s finished", item)
         else:
             outcome.failures[item] = _why(chains[item])
             logger.error("item %s failed: %s", item, outcome.failures[item])
-        progress.advance()
     return outcome
 
 
 def progress_key(config: BenchmarkConfig) -> str:
     return artifact_key(config.name, "progress")
+
+
+def pretrain_progress_key(config: BenchmarkConfig) -> str:
+    return artifact_key(config.name, "pretrain-progress")

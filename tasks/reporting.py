@@ -67,20 +67,29 @@ def aggregate_task(metrics_paths: list[str], report_dir: str, name: str, ledger_
 
 
 class ProgressArtifact:
-    """A progress bar over the fan-out: `done / total` items, updated as items finish."""
+    """A progress bar over the fan-out, counted by stage: each item is one step per stage (fit, infer,
+    evaluate), so the bar moves as soon as the first fits finish, not only when whole items do."""
 
-    def __init__(self, key: str, total: int, description: str):
+    def __init__(self, key: str, total: int, description: str, stages: tuple[str, ...] = ("item",)):
         self.total = max(1, total)
-        self.done = 0
+        self.stages = stages
+        self.done = dict.fromkeys(stages, 0)
+        self.failed = 0
         self.description = description
-        self.id: UUID | None = create_progress_artifact(progress=0.0, key=key, description=description)
+        self.id: UUID | None = create_progress_artifact(progress=0.0, key=key, description=self.describe())
 
-    def advance(self, n: int = 1) -> float:
-        self.done += n
-        progress = 100.0 * self.done / self.total
+    def describe(self) -> str:
+        counts = " · ".join(f"{stage} {self.done[stage]}/{self.total}" for stage in self.stages)
+        failed = f" ({self.failed} stage run(s) failed or skipped)" if self.failed else ""
+        return f"{self.description}: {counts}{failed}"
+
+    def advance(self, stage: str | None = None, ok: bool = True) -> float:
+        stage = stage or self.stages[-1]
+        self.done[stage] += 1
+        self.failed += not ok
+        progress = 100.0 * sum(self.done.values()) / (self.total * len(self.stages))
         if self.id is not None:
-            update_progress_artifact(artifact_id=self.id, progress=progress,
-                                     description=f"{self.description}: {self.done}/{self.total} items finished")
+            update_progress_artifact(artifact_id=self.id, progress=progress, description=self.describe())
         return progress
 
 
@@ -112,6 +121,57 @@ def _link(path: str | Path, label: str | None = None) -> str:
     return f"[{label or path.name}]({path.absolute().as_uri()})"
 
 
+# Inline pictures for the UI: a browser opens no file:// link from the Prefect UI, but its markdown renderer
+# shows `![](data:image/png;base64,...)`. Each picture is downscaled until its PNG fits PICTURE_MAX_BYTES, and
+# the whole artifact stays within PICTURES_BUDGET_BYTES (the artifact is one database row and one API reply);
+# pictures beyond the budget stay links.
+PLOT_MAX_SIDE = 640
+GRID_MAX_SIDE = 384
+PICTURE_MAX_BYTES = 100_000
+PICTURES_BUDGET_BYTES = 1_500_000
+
+
+def thumbnail_png(path: str | Path, max_side: int, max_bytes: int = PICTURE_MAX_BYTES) -> bytes | None:
+    """The image as a PNG at most `max_side` pixels on its long side and `max_bytes` long (None if unreadable)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except (OSError, UnidentifiedImageError):
+        return None
+    side = min(max_side, max(image.size))
+    while True:
+        scale = side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        buffer = io.BytesIO()
+        (image if size == image.size else image.resize(size, Image.LANCZOS)).save(buffer, format="PNG", optimize=True)
+        if buffer.tell() <= max_bytes or side <= 32:
+            return buffer.getvalue() if buffer.tell() <= max_bytes else None
+        side = int(side * 0.75)
+
+
+class _Pictures:
+    """Inline data-URI pictures under one byte budget; past it (or when unreadable) a picture is left out."""
+
+    def __init__(self, budget: int):
+        self.left = budget
+        self.omitted = 0
+
+    def image(self, path: str | Path, max_side: int, alt: str) -> str | None:
+        import base64
+
+        png = thumbnail_png(path, max_side)
+        uri = None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        if uri is None or len(uri) > self.left:
+            self.omitted += 1
+            return None
+        self.left -= len(uri)
+        return f"![{alt}]({uri})"
+
+
 def report_markdown(
     name: str,
     run_dir: Path,
@@ -119,8 +179,13 @@ def report_markdown(
     items: dict[str, dict],
     failures: dict[str, str],
     notes: list[str],
+    inline_pictures: bool = False,
 ) -> str:
-    """The report: status, the paper-style table (from summary.md), per-item rows with grid links, files."""
+    """The report: status, the paper-style table (from summary.md), per-item rows with grid links, files.
+
+    With `inline_pictures` (the UI artifact) the plots and each item's first grid are embedded as small PNG
+    data URIs after the tables; the file on disk keeps links only.
+    """
     lines = [f"# DTU benchmark `{name}`", ""]
     random = (aggregate or {}).get("random_weights") or any(r.get("weights") == "random" for r in items.values())
     if random:
@@ -158,9 +223,30 @@ def report_markdown(
         lines.append(f"| {item} | ok | {fmt('psnr', 2)} | {fmt('ssim', 3)} | {fmt('lpips', 3)} | {grids} |")
     lines += ["", "Item columns: mean over all rendered views and seeds (viewneti protocol); the paper-style "
               "table above uses test views only."]
+    if inline_pictures:
+        lines += _picture_section(aggregate, items)
     if random:
         lines += ["", RANDOM_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def _picture_section(aggregate: dict | None, items: dict[str, dict]) -> list[str]:
+    """Plots first (they summarise everything), then one grid per item, in item order, while the budget lasts."""
+    pictures = _Pictures(PICTURES_BUDGET_BYTES)
+    lines = ["", "## Pictures", ""]
+    for plot in (aggregate or {}).get("plots", []):
+        shown = pictures.image(plot, PLOT_MAX_SIDE, Path(plot).stem)
+        if shown:
+            lines += [f"**{Path(plot).stem}**", "", shown, ""]
+    for item in sorted(items, key=_item_sort_key):
+        grids = items[item].get("grids") or []
+        shown = pictures.image(grids[0], GRID_MAX_SIDE, f"{item} {Path(grids[0]).stem}") if grids else None
+        if shown:
+            lines += [f"**{item}** — {Path(grids[0]).stem} (downscaled; full size: {_link(grids[0])})", "", shown, ""]
+    if pictures.omitted:
+        lines += [f"{pictures.omitted} picture(s) not shown here (size budget of the UI artifact); "
+                  "the links above open them.", ""]
+    return lines
 
 
 def _item_sort_key(item: str) -> tuple[int, int]:
@@ -172,7 +258,7 @@ def _item_sort_key(item: str) -> tuple[int, int]:
 
 def publish_report(key_prefix: str, name: str, run_dir: Path, aggregate: dict | None, items: dict[str, dict],
                    failures: dict[str, str], notes: list[str]) -> Path:
-    """Markdown + table artifacts, and the same report as REPORT/report.md."""
+    """Markdown + table artifacts, and the same report as REPORT/report.md (with links, not inline pictures)."""
     markdown = report_markdown(name, run_dir, aggregate, items, failures, notes)
     report_dir = Path(aggregate["report_dir"]) if aggregate else run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +266,8 @@ def publish_report(key_prefix: str, name: str, run_dir: Path, aggregate: dict | 
     tmp = path.with_name(".report.md.tmp")
     tmp.write_text(markdown)
     tmp.replace(path)
-    create_markdown_artifact(markdown=markdown, key=artifact_key(key_prefix, "report"),
+    ui_markdown = report_markdown(name, run_dir, aggregate, items, failures, notes, inline_pictures=True)
+    create_markdown_artifact(markdown=ui_markdown, key=artifact_key(key_prefix, "report"),
                              description=f"DTU benchmark report of {name}")
     if aggregate is not None:
         summary_table_artifact(artifact_key(key_prefix, "summary"), Path(aggregate["summary_parquet"]),

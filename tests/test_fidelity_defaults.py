@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from viewneti_core.config import load_config
+from viewneti_core.config import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -42,3 +42,13 @@ def test_paper_variants_train_in_float32_without_tf32_and_differ_in_nothing_else
             fast[section].pop(key, None)
             paper[section].pop(key, None)
     assert paper == fast
+
+
+def test_run_configs_written_before_debug_was_retired_still_load(tmp_path):
+    """Run directories of earlier versions carry `debug: false` in config.yaml; they must stay usable."""
+    old = tmp_path / "config.yaml"
+    old.write_text("learnable_mode: 5\ndebug: false\noptim: {max_train_steps: 7}\n")
+    config = load_config(old)
+    assert config.optim.max_train_steps == 7 and "debug" not in config.model_dump()
+    with pytest.raises(ConfigError, match="debg"):  # other unknown keys are still refused, by name
+        load_config(None, {"debg": True})

@@ -105,8 +105,10 @@ def test_config_files_validate_and_deployment_params_match():
     assert full == BenchmarkConfig(), "configs/dtu_benchmark.yaml must equal the flow defaults (dtu-benchmark/full)"
     deployments = {d["name"]: d for d in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]}
     assert deployments["demo"]["parameters"]["config"] == yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    assert {"full", "demo", "per-scan", "prepare", "pretrain", "aggregate"} <= set(deployments)
-    assert deployments["per-scan"]["triggers"][0]["expect"] == ["viewneti.view-mapper.ready"]
+    assert {"full", "demo", "per-scan", "prepare", "pretrain", "aggregate", "on-view-mapper-ready"} <= set(deployments)
+    trigger = deployments["on-view-mapper-ready"]["triggers"][0]
+    assert trigger["expect"] == ["viewneti.view-mapper.ready"]
+    assert set(trigger["parameters"]) == {"config_file", "view_mapper"}
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -275,6 +277,53 @@ def test_ui_artifacts_and_core_logs_reach_the_server(benchmark_run):
         assert "fit-scan114-3view" in {t.name for t in task_runs}
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
         assert any(log.name.startswith("viewneti_core") for log in logs), "viewneti_core logs must reach the run page"
+        report = [a for a in artifacts if a.key == "test-bench-report" and a.flow_run_id == flow_run_id]
+        first_run_id = benchmark_run["first"].state_details.flow_run_id
+        pretraining = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+            any_=["test-bench-pretrain-progress"])))
+    assert len(report) == 1
+    assert_inline_pictures(report[0].data, benchmark_run["run_dir"])
+    # fan-out progress by stage: run 2 counts every stage of the 4 items; run 1 names its failed stages
+    by_run = {a.flow_run_id: a for a in progress}
+    assert set(by_run) >= {first_run_id, flow_run_id}
+    assert by_run[flow_run_id].description.endswith("fit 4/4 · infer 4/4 · evaluate 4/4")
+    # scan114-3view's fit failed for good, so its infer and evaluate never ran: 3 of 12 stage runs
+    assert "fit 4/4 · infer 4/4 · evaluate 4/4 (3 stage run(s) failed or skipped)" in by_run[first_run_id].description
+    # pretraining (run 1 only; run 2 found it cached) reported steps, the last loss and an ETA as it went
+    [pretrain] = [a for a in pretraining if a.flow_run_id == first_run_id]
+    assert float(pretrain.data) == 100.0 and pretrain.task_run_id is not None
+    match = re.search(r"step (\d+)/(\d+) · loss ([0-9.]+) · ETA \d+m\d\ds", pretrain.description)
+    steps = benchmark_run["config"]["pretrain"]["optim"]["max_train_steps"]
+    assert match and int(match[1]) == int(match[2]) == steps, pretrain.description
+    last = json.loads((benchmark_run["run_dir"] / "pretrain" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert float(match[3]) == pytest.approx(last["loss"], abs=1e-4) and last["step"] == steps
+
+
+def assert_inline_pictures(markdown: str, run_dir: Path) -> None:
+    """The UI report embeds each plot and each item's first grid as a decodable, downscaled PNG data URI."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from tasks.reporting import GRID_MAX_SIDE, PICTURE_MAX_BYTES, PICTURES_BUDGET_BYTES, PLOT_MAX_SIDE
+
+    found = dict(re.findall(r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown))
+    plots = sorted((run_dir / "report").glob("*.png"))
+    grids = {item.name: next(item.rglob("grid_seed0.png")) for item in (run_dir / "items").iterdir()}
+    assert plots and len(grids) == 4
+    expected = {p.stem: (p, PLOT_MAX_SIDE) for p in plots}
+    expected |= {f"{item} grid_seed0": (grid, GRID_MAX_SIDE) for item, grid in grids.items()}
+    assert set(found) == set(expected), (sorted(found), sorted(expected))
+    assert sum(len(b) for b in found.values()) <= PICTURES_BUDGET_BYTES
+    for alt, encoded in found.items():
+        png = base64.b64decode(encoded, validate=True)
+        assert png.startswith(b"\x89PNG") and len(png) <= PICTURE_MAX_BYTES, alt
+        source, max_side = expected[alt]
+        with Image.open(source) as original, Image.open(io.BytesIO(png)) as shown:
+            scale = min(1.0, max_side / max(original.size))
+            assert shown.size == (round(original.width * scale), round(original.height * scale)), alt
+            shown.load()
 
 
 # ---- a Dask worker lost mid-run ---------------------------------------------------------------------------
@@ -370,28 +419,49 @@ def test_deployment_run_with_process_worker(benchmark_run, deployed, tmp_path):
     assert (report / "summary.parquet").is_file() and (report / "report.md").is_file()
 
 
-def test_view_mapper_ready_event_triggers_a_per_scan_run(benchmark_run, deployed, tmp_path):
-    """pretrain-view-mapper emits viewneti.view-mapper.ready; the per-scan deployment's trigger (created by
-    `prefect deploy`) turns it into a per-scan flow run whose view_mapper is the event's checkpoint."""
+def test_view_mapper_ready_event_runs_the_whole_benchmark_with_that_mapper(benchmark_run, deployed, tmp_path):
+    """pretrain-view-mapper saves its config and emits viewneti.view-mapper.ready; the trigger of the
+    on-view-mapper-ready deployment (created by `prefect deploy`) starts a run of that benchmark with the
+    event's view mapper, and a process worker runs it: every item fitted, rendered and scored."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 
     from flows.pretrain import pretrain_view_mapper_flow
 
-    config = config_reusing(benchmark_run, tmp_path / "event", name="event-bench")
+    run_dir = tmp_path / "event"
+    config = config_reusing(benchmark_run, run_dir, name="event-bench", test_scans=[21], n_views=[1, 3])
     mapper = pretrain_view_mapper_flow(config=config)  # a given mapper: no training, but the real emission
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("per-scan/per-scan")
-        runs_filter = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))
-        deadline, triggered = time.monotonic() + 90, []
-        while not triggered and time.monotonic() < deadline:
-            triggered = [r for r in client.read_flow_runs(flow_run_filter=runs_filter)
-                         if r.parameters.get("view_mapper") == mapper["checkpoint"]]
-            time.sleep(1)
-        for run in triggered:  # nobody should execute it (its defaults are the full SD 2.1 benchmark)
-            client.delete_flow_run(run.id)
-    assert len(triggered) == 1, f"no per-scan run was triggered for {mapper['checkpoint']}"
-    assert triggered[0].parameters == {"view_mapper": mapper["checkpoint"]}
+    saved = json.loads((run_dir / "benchmark-config.json").read_text())
+    assert saved["name"] == "event-bench" and saved["test_scans"] == [21] and saved["n_views"] == [1, 3]
+    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "viewneti-process",
+                               "--limit", "1"], cwd=REPO, env=deployed, stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("dtu-benchmark-with-view-mapper/on-view-mapper-ready")
+            runs_filter = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))
+            deadline, triggered, state = time.monotonic() + 480, [], None
+            while time.monotonic() < deadline:
+                triggered = [r for r in client.read_flow_runs(flow_run_filter=runs_filter)
+                             if r.parameters.get("view_mapper") == mapper["checkpoint"]]
+                state = client.read_flow_run(triggered[0].id).state if triggered else None
+                if state is not None and state.is_final():
+                    break
+                time.sleep(2)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        worker_log.close()
+    assert len(triggered) == 1, f"no benchmark run was triggered for {mapper['checkpoint']}"
+    assert triggered[0].parameters["config_file"] == str(run_dir / "benchmark-config.json")
+    assert state is not None and state.is_completed(), f"{state}\n" + (tmp_path / "worker.log").read_text()[-3000:]
+    rows = pd.read_parquet(run_dir / "report" / "metrics_all.parquet")
+    assert sorted(rows["run"].unique()) == ["scan21-1view", "scan21-3view"]
+    entries = read_ledger(BenchmarkConfig.model_validate(config).ledger_dir)
+    done = {(e["item"], e["task"]) for e in entries if e["status"] == "completed"}
+    assert {(item, stage) for item in ("scan21-1view", "scan21-3view") for stage in ("fit", "infer", "evaluate")} <= done
+    assert "pretrain" not in {e["task"] for e in entries}  # the event's mapper was used, not a new pretraining
+
 
 
 # ---- execution.cluster: a Dask cluster class from the configuration -------------------------------------------

@@ -15,6 +15,7 @@ from viewneti_core.sampler import (
     SampleRequest,
     SamplerSettings,
     ViewNetiSampler,
+    batch_shape,
     initial_latents,
     make_dpm_solver,
 )
@@ -78,21 +79,23 @@ def counters(model):
 
 
 def test_contexts_are_shared_across_seeds_and_batches(model, dtu_like_cameras, counters):
-    """2 cameras x 3 seeds, view-major, 4 per batch: the second batch mixes camera 0 (already encoded)
-    and camera 40, and is padded from 2 to 4 requests. The encoder sees cameras x timesteps x layers
-    conditional rows (+ 1 unconditional row), not x seeds; every UNet call has the same shape; pads
-    are never decoded; and every image equals the straightforward sampler's."""
+    """3 cameras (3 + 3 + 1 seeds), view-major, 4 per batch: camera 40's seeds span both batches
+    (encoded in the first, reused in the second), and the second batch is padded from 3 to 4
+    requests. The encoder sees cameras x timesteps x layers conditional rows (+ 1 unconditional
+    row), not x seeds; every UNet call has the same shape; pads are never decoded; and every image
+    equals the straightforward sampler's."""
     settings = SamplerSettings(num_inference_steps=STEPS, height=HEIGHT, width=WIDTH, batch_size=4,
                                decode_batch_size=3)
     sampler = ViewNetiSampler(model.components, model.conditioner, settings)
     requests = [SampleRequest.with_camera(PROMPT, seed, dtu_like_cameras[cam]) for cam in (0, 40) for seed in (0, 1, 2)]
+    requests.append(SampleRequest.with_camera(PROMPT, 0, dtu_like_cameras[20]))
     images = sampler.sample(requests, progress=False)
 
     layers = model.conditioner.num_layers
-    assert sum(counters["encoder"].rows) == 2 * STEPS * layers + 1
+    assert sum(counters["encoder"].rows) == 3 * STEPS * layers + 1
     assert counters["unet"].rows == [2 * 4] * (2 * STEPS)  # 2 batches x 3 steps, CFG rows, padded last batch
-    assert counters["decoder"].rows == [3, 1, 2]  # chunks of 3 of each batch's real images only
-    assert images.shape == (6, 3, HEIGHT, WIDTH)
+    assert counters["decoder"].rows == [3, 1, 3]  # chunks of 3 of each batch's real images only
+    assert images.shape == (7, 3, HEIGHT, WIDTH)
     for request, image in zip(requests, images, strict=True):
         assert (image - straightforward(model, request)).abs().max() < 1e-4
     assert (images[0] - images[1]).abs().mean() > 1e-2  # seeds differ: the check above can fail
@@ -103,6 +106,14 @@ def test_contexts_are_shared_across_seeds_and_batches(model, dtu_like_cameras, c
     sampler.sample([SampleRequest.with_camera(PROMPT, 5, dtu_like_cameras[20])], progress=False)
     assert sum(counters["encoder"].rows) == STEPS * layers
     assert counters["unet"].rows == [2] * STEPS  # one request: no padding up to batch_size
+
+
+def test_batches_are_even_and_padding_small():
+    assert [batch_shape(n, 8) for n in (1, 6, 8, 9, 12, 16, 17, 102)] == [1, 6, 8, 5, 6, 8, 6, 8]
+    for n in range(1, 200):  # the fewest calls the batch size allows, each pad below one per call
+        size = batch_shape(n, 8)
+        calls = -(-n // size)
+        assert size <= 8 and calls == -(-n // 8) and calls * size - n < calls
 
 
 def test_chunked_decode_matches_one_call(model):

@@ -292,8 +292,17 @@ def _format_validation_error(exc: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
+# Keys earlier versions wrote into run directories' config.yaml: dropped on load so old runs still load.
+RETIRED_KEYS = {"debug": "it was read by nothing (eval.num_denoising_steps shortens sampling)"}
+
+
 def validate_config(data: dict[str, Any]) -> ViewNetiConfig:
     """Build the config from a plain dict, turning pydantic errors into a readable ConfigError."""
+    retired = [key for key in RETIRED_KEYS if key in data]
+    if retired:
+        data = {k: v for k, v in data.items() if k not in RETIRED_KEYS}
+        for key in retired:
+            logger.info("ignoring the retired config key %r: %s", key, RETIRED_KEYS[key])
     try:
         return ViewNetiConfig.model_validate(data)
     except ValidationError as exc:
