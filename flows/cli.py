@@ -112,10 +112,16 @@ def _load(path: Path | None, base: dict, cli_overrides: Sequence[str]):
 
 def _run_benchmark(config, server: PrefectServer | None) -> int:
     from flows.benchmark import dtu_benchmark
+    from flows.cluster import ADDRESS_ENV, ensure_gpu_limit, local_gpu_slots
     from flows.console import shorten_console_errors
 
     shorten_console_errors()
     _print(f"running dtu-benchmark '{config.name}': {len(config.items)} items, run dir {config.run_dir}")
+    if config.execution.cluster.is_local and not os.environ.get(ADDRESS_ENV):  # this host's GPUs
+        from tasks.common import GPU_LIMIT
+
+        _print(f"GPU tasks of all runs on this server share {ensure_gpu_limit(local_gpu_slots())} slot(s) "
+               f"(global concurrency limit {GPU_LIMIT})")
     failed = None
     try:
         state = dtu_benchmark(config=config, return_state=True)

@@ -48,6 +48,31 @@ def _cuda_devices() -> list[str]:
         return []
 
 
+def local_gpu_slots() -> int:
+    """The GPU slots of this host: its visible GPUs, else the CPU "GPU slots" of the local cluster."""
+    return len(_cuda_devices()) or int(os.environ.get(WORKERS_ENV, "2"))
+
+
+def ensure_gpu_limit(slots: int) -> int:
+    """Create the Prefect global concurrency limit that every GPU task holds a slot of (tasks.common.gpu_slot)
+    with `slots` slots, unless it exists (then its slots are an operator's choice and are kept). Returns them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    from tasks.common import GPU_LIMIT
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
+                return slots
+            except ObjectAlreadyExists:  # another run created it a moment ago
+                return client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
+
+
 def local_gpu_cluster(
     n_workers: int | None = None,
     threads_per_worker: int | None = None,

@@ -208,6 +208,25 @@ def worker_identity() -> dict[str, Any]:
     return identity
 
 
+GPU_LIMIT = "viewneti-gpu"  # Prefect global concurrency limit: slots = GPUs shared by every flow run
+GPU_LEASE_S = 60.0  # a slot held by a killed process returns to the pool within this time (renewed while alive)
+
+
+@contextlib.contextmanager
+def gpu_slot() -> Iterator[None]:
+    """Hold one slot of the global concurrency limit `viewneti-gpu` while a GPU task runs.
+
+    Dask's `GPU: 1` resource keeps one task per worker of *one* cluster; two flow runs that each start
+    their own local cluster on the same host would still put two tasks on each GPU. The limit is global
+    to the Prefect server, so it caps the GPU tasks of all runs together. Created by `viewneti-pipeline
+    run|demo` (`prefect gcl create viewneti-gpu --limit N` for deployments); without it nothing waits.
+    """
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(GPU_LIMIT, occupy=1, lease_duration=GPU_LEASE_S, raise_on_lease_renewal_failure=False):
+        yield
+
+
 @contextlib.contextmanager
 def ledger_entry(ledger_dir: Path, task: str, item: str, **extra: Any) -> Iterator[dict[str, Any]]:
     """Record one execution (start/end wall time, worker, outcome) as its own JSON file.

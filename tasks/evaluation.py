@@ -6,7 +6,14 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.common import ledger_entry, maybe_inject_failure, retry_transient, run_logger, write_json_atomic
+from tasks.common import (
+    gpu_slot,
+    ledger_entry,
+    maybe_inject_failure,
+    retry_transient,
+    run_logger,
+    write_json_atomic,
+)
 
 ITEM_RECORD = "item.json"
 
@@ -30,7 +37,7 @@ def evaluate_task(
     from viewneti_core.sd_models import resolve_device
 
     logger = run_logger()
-    with ledger_entry(Path(ledger_dir), "evaluate", item):
+    with gpu_slot(), ledger_entry(Path(ledger_dir), "evaluate", item):
         maybe_inject_failure(item, "evaluate", Path(ledger_dir))
         path = evaluate_predictions(
             Path(inference["out_dir"]), Path(out_parquet), protocols=tuple(protocols),

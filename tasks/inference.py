@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.common import ledger_entry, maybe_inject_failure, retry_transient, run_logger
+from tasks.common import gpu_slot, ledger_entry, maybe_inject_failure, retry_transient, run_logger
 
 
 @task(name="render-views", retry_condition_fn=retry_transient, task_run_name="infer-{item}")
@@ -15,7 +15,7 @@ def infer_task(fit: dict, item: str, seeds: list[int], views: list[int] | None, 
     from viewneti_core.inference import run_inference
 
     logger = run_logger()
-    with ledger_entry(Path(ledger_dir), "infer", item):
+    with gpu_slot(), ledger_entry(Path(ledger_dir), "infer", item):
         maybe_inject_failure(item, "infer", Path(ledger_dir))
         result = run_inference(Path(fit["run_dir"]), step=int(fit["step"]), seeds=seeds, views=views,
                                out_dir=Path(out_dir), progress=False)

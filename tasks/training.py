@@ -11,7 +11,14 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.common import fingerprint_files, ledger_entry, maybe_inject_failure, retry_transient, run_logger
+from tasks.common import (
+    fingerprint_files,
+    gpu_slot,
+    ledger_entry,
+    maybe_inject_failure,
+    retry_transient,
+    run_logger,
+)
 from viewneti_core.config import ViewNetiConfig
 
 
@@ -145,7 +152,7 @@ def pretrain_task(config: ViewNetiConfig, name: str, ledger_dir: str, progress_k
     logger = run_logger()
     if config.learnable_mode != 3:
         raise ValueError(f"pretraining is learnable_mode 3, got {config.learnable_mode}")
-    with ledger_entry(Path(ledger_dir), "pretrain", name) as ledger:
+    with gpu_slot(), ledger_entry(Path(ledger_dir), "pretrain", name) as ledger:
         record = _train(config, logger, name, Path(ledger_dir), ledger, progress_key)
     record["fingerprint"] = view_mapper_fingerprint(Path(record["checkpoint"]))
     logger.info("view mapper ready: %s (step %d, %s weights)", record["checkpoint"], record["step"], record["weights"])
@@ -174,7 +181,7 @@ def fit_task(config: ViewNetiConfig, item: str, view_mapper_fingerprint: str, le
     logger = run_logger()
     if config.learnable_mode != 5:
         raise ValueError(f"per-scan fitting is learnable_mode 5, got {config.learnable_mode}")
-    with ledger_entry(Path(ledger_dir), "fit", item) as ledger:
+    with gpu_slot(), ledger_entry(Path(ledger_dir), "fit", item) as ledger:
         maybe_inject_failure(item, "fit", Path(ledger_dir))
         record = _train(config, logger, item, Path(ledger_dir), ledger)
     record.update({"item": item, "scan": config.data.dtu_scan, "n_views": config.data.dtu_subset})

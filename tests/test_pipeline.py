@@ -7,6 +7,7 @@ archives are served over HTTP on 127.0.0.1, so the real download -> extract -> v
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -326,6 +327,61 @@ def assert_inline_pictures(markdown: str, run_dir: Path) -> None:
             shown.load()
 
 
+# ---- GPU slots shared by concurrent flow runs ---------------------------------------------------------------
+
+
+def max_overlap(entries: list[dict]) -> int:
+    """The most GPU-task executions that were running at one instant (from the ledgers' start/end times)."""
+    edges = sorted([(e["start"], 1) for e in entries] + [(e["end"], -1) for e in entries], key=lambda x: (x[0], x[1]))
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_two_concurrent_runs_share_the_gpu_slots(benchmark_run, prefect_server, tmp_path):  # noqa: F811
+    """Two `viewneti-pipeline run`s at once, each with its own local cluster of 2 "GPU" workers (4 workers):
+    the CLI creates the global concurrency limit viewneti-gpu with the host's 2 slots, and the GPU tasks of
+    both runs together never exceed them; both runs finish."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks.common import GPU_LIMIT
+
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        client.delete_global_concurrency_limit_by_name(GPU_LIMIT)
+    env = dict(os.environ) | prefect_server.client_env() | {"VIEWNETI_DASK_WORKERS": "2", "PYTHONUNBUFFERED": "1",
+                                                            CODE_VERSION_ENV: f"test-{time.time()}"}
+    runs = {}
+    try:
+        for name in ("slots-a", "slots-b"):
+            config = config_reusing(benchmark_run, tmp_path / name, name=name, test_scans=[21], n_views=[1, 3])
+            (tmp_path / f"{name}.json").write_text(json.dumps(config))
+            runs[name] = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(tmp_path / f"{name}.json")],
+                                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        outputs = {name: process.communicate(timeout=600)[0] for name, process in runs.items()}
+        with get_client(sync_client=True) as client:
+            slots = client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
+    finally:
+        for process in runs.values():
+            if process.poll() is None:
+                process.kill()
+        with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+            client.delete_global_concurrency_limit_by_name(GPU_LIMIT)  # the other tests run without it
+    for name, process in runs.items():
+        assert process.returncode == 0, outputs[name][-3000:]
+        assert f"share 2 slot(s) (global concurrency limit {GPU_LIMIT})" in outputs[name], outputs[name][-3000:]
+    assert slots == 2
+    by_run = {name: [e for e in read_ledger(tmp_path / name / "ledger") if e["task"] in GPU_TASKS] for name in runs}
+    entries = [e for run in by_run.values() for e in run]
+    assert len(entries) == 2 * 2 * 3 and all(e["status"] == "completed" for e in entries)
+    # the runs' GPU phases overlapped in time (else this would show nothing): 4 workers could have run 4 at once
+    spans = [(min(e["start"] for e in run), max(e["end"] for e in run)) for run in by_run.values()]
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans
+    assert max_overlap(entries) <= slots, sorted((e["start"], e["end"], e["item"], e["task"]) for e in entries)
+
+
 # ---- a Dask worker lost mid-run ---------------------------------------------------------------------------
 
 
@@ -377,9 +433,8 @@ def deployed(prefect_server) -> dict:  # noqa: F811
     """The process work pool and every deployment of deployments/prefect.yaml, registered with the CLI."""
     env = dict(os.environ) | prefect_server.client_env() | {"VIEWNETI_DASK_WORKERS": "1",
                                                             "PREFECT_LOGGING_EXTRA_LOGGERS": "viewneti_core"}
-    created = _prefect("work-pool", "create", "viewneti-process", "--type", "process", "--overwrite", env=env)
-    assert created.returncode == 0, created.stdout + created.stderr
-    deployed = _prefect("deploy", "--prefect-file", "deployments/prefect.yaml", "--all", "--no-prompt", env=env)
+    deployed = subprocess.run([sys.executable, "-m", "flows.deploy"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=240)  # the deploy step: work pool, automation, prefect deploy
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     return env
 
@@ -417,6 +472,55 @@ def test_deployment_run_with_process_worker(benchmark_run, deployed, tmp_path):
     report = tmp_path / "deployed" / "report"
     assert pd.read_parquet(report / "metrics_all.parquet")["run"].unique().tolist() == ["scan21-1view"]
     assert (report / "summary.parquet").is_file() and (report / "report.md").is_file()
+
+
+def test_killed_deployment_run_ends_crashed(benchmark_run, deployed, tmp_path):
+    """kill -9 of a deployment's flow run and of its worker (a lost machine: nobody is left to report a
+    state): the flow run's heartbeats stop, and the automation of the deploy step marks it Crashed."""
+    import psutil
+    from prefect.client.orchestration import get_client
+
+    from flows.deploy import HEARTBEAT_S, ZOMBIE_AFTER_S
+
+    config = config_reusing(benchmark_run, tmp_path / "zombie", name="zombie-bench", test_scans=[21], n_views=[1])
+    config["fit"]["optim"]["max_train_steps"] = 100_000  # still training when it is killed
+    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "viewneti-process",
+                               "--limit", "1"], cwd=REPO, env=deployed, stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        started = _prefect("deployment", "run", "dtu-benchmark/demo", "--params", json.dumps({"config": config}),
+                           env=deployed, timeout=60)
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+        with get_client(sync_client=True) as client:
+            deadline, state = time.monotonic() + 240, None
+            while time.monotonic() < deadline:
+                state = client.read_flow_run(run_id).state
+                if state is not None and (state.is_running() or state.is_final()):
+                    break
+                time.sleep(1)
+            assert state is not None and state.is_running(), f"{state}\n" + (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(5)  # its first heartbeat is sent as it starts running
+            family = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+            for process in family:  # the worker first: it would otherwise report the crash itself
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            killed_at = time.monotonic()
+            bound = ZOMBIE_AFTER_S + HEARTBEAT_S + 60  # the last heartbeat may be a period old; the check's cadence
+            while time.monotonic() < killed_at + bound:
+                state = client.read_flow_run(run_id).state
+                if state is not None and state.is_final():
+                    break
+                time.sleep(2)
+            crashed_after = time.monotonic() - killed_at
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait(timeout=30)
+        worker_log.close()
+    assert state is not None and state.is_crashed(), f"{state} after {crashed_after:.0f} s"
+    assert "No heartbeat" in (state.message or ""), state.message
+    print(f"killed flow run Crashed {crashed_after:.0f} s after kill -9 (bound {bound} s)")
 
 
 def test_view_mapper_ready_event_runs_the_whole_benchmark_with_that_mapper(benchmark_run, deployed, tmp_path):
