@@ -177,16 +177,30 @@ def _stop(step: int) -> None:
     raise _Stop
 
 
-def test_training_warns_once_before_a_long_cpu_run(synthetic_dtu_root, tiny_model_dir, tmp_path, caplog):
+def test_training_warns_once_before_a_long_cpu_run(synthetic_dtu_root, tiny_model_dir, tmp_path):
     from fixtures.runs import make_train_config
 
     from viewneti_core.training import train
 
     config = make_train_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "long",
                                optim={"max_train_steps": 50_000, "train_batch_size": 1})
-    with caplog.at_level(logging.WARNING), pytest.raises(_Stop):
-        train(config, progress=False, on_step_end=_stop)  # stopped after its first step
-    warnings = [r.getMessage() for r in caplog.records if r.name == "viewneti_core.cpu_budget"]
+    class Collect(logging.Handler):  # on the logger itself: counts what it emits, whatever other tests
+        def __init__(self):             # in this process attached to the loggers above it
+            super().__init__(logging.WARNING)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    collect = Collect()
+    budget = logging.getLogger("viewneti_core.cpu_budget")
+    budget.addHandler(collect)
+    try:
+        with pytest.raises(_Stop):
+            train(config, progress=False, on_step_end=_stop)  # stopped after its first step
+    finally:
+        budget.removeHandler(collect)
+    warnings = [r.getMessage() for r in collect.records]
     assert len(warnings) == 1 and "training: ~1500000 UNet evaluations' worth at 64x48" in warnings[0]
     assert "optim.max_train_steps" in warnings[0]
 

@@ -165,7 +165,7 @@ class RangeFile(io.RawIOBase):
                 problem = f"HTTP {exc.code} {exc.reason}"
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 if (why := _unreachable_reason(exc, self.url)) is not None and failures + 1 >= 2:
-                    raise HostUnreachableError(f"cannot read {self.url}: {why} (2 tries)") from None
+                    raise HostUnreachableError(f"cannot download {self.url}: {why} (2 tries)") from None
                 problem = f"{type(exc).__name__}: {exc}"
             failures += 1
             if failures > self.retries:
