@@ -13,6 +13,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# In-process task tests attach Prefect's API log handler to viewneti_core's logger; later library calls
+# outside any flow run would then warn on every log line.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["VIEWNETI_DASK_WORKERS"] = "2"
 # A developer's shell may point the pipeline at a real cluster or inject faults: not in the tests.

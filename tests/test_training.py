@@ -9,9 +9,12 @@ two loss curves is what the optimiser achieved.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,16 +156,38 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint(synthetic_dtu_root, 
         train(config, resume="latest", on_step_end=_never, progress=False)
 
 
+_SEEDED_DRAWS = """
+import random, sys
+from pathlib import Path
+import numpy as np
+from fixtures.runs import make_train_config
+from viewneti_core.training import train
+
+root, model_dir, runs = map(Path, sys.argv[1:4])
+draws = []
+for name, garbage in (("a", 1), ("b", 2)):
+    np.random.seed(garbage)
+    random.seed(garbage)
+    config = make_train_config(root, model_dir, runs, 2, name, optim={"max_train_steps": 1},
+                               eval={"final_validation": False})
+    train(config, on_step_end=lambda step: draws.append((np.random.rand(), random.random())), progress=False)
+print(repr(draws))
+"""
+
+
 def test_optim_seed_seeds_numpy_and_python_random(synthetic_dtu_root, tiny_model_dir, tmp_path):
-    """Whatever the global RNGs held before, a seeded run draws the same numbers from them."""
-    draws = []
-    for name, garbage in (("a", 1), ("b", 2)):
-        np.random.seed(garbage)
-        random.seed(garbage)
-        config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, name, optim={"max_train_steps": 1},
-                             eval={"final_validation": False})
-        train(config, on_step_end=lambda step: draws.append((np.random.rand(), random.random())), progress=False)
-    assert draws[0] == draws[1]
+    """Whatever the global RNGs held before, a seeded run draws the same numbers from them.
+
+    Runs in a fresh interpreter: threads that earlier tests leave behind (Dask comms, Prefect
+    clients) draw from python's global `random` for their retry jitter at any moment, which would
+    make the draws here differ for reasons that have nothing to do with training."""
+    env = dict(os.environ) | {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _SEEDED_DRAWS, str(synthetic_dtu_root), str(tiny_model_dir),
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    draws = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert len(draws) == 2 and draws[0] == draws[1], draws
+    assert draws[0] != (np.random.RandomState(1).rand(), random.Random(1).random())  # the garbage seed was replaced
 
 
 def test_placeholder_already_in_the_tokenizer(synthetic_dtu_root, tiny_model_dir, tmp_path):
