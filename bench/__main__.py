@@ -71,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     scene.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed cold run")
     scene.add_argument("--reference-requests", type=int, default=None,
                        help="time the reference on only the first K images and extrapolate (labelled) to all")
+    scene.add_argument("--no-infer-command", dest="infer_command", action="store_false",
+                       help="skip timing `viewneti infer` end to end (load run, render, write predictions/grids)")
     scene.add_argument("--reference-dtype", choices=list(DTYPES), default=None,
                        help="inference reference dtype (default: same as --dtype, so the ratio is about structure)")
     train = p.add_argument_group("fitting / pretraining")

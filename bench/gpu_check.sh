@@ -54,13 +54,13 @@ echo "exit $?"
 step "2/4 compile cache: two fresh processes, one cache dir ($CACHE)"
 for run in cold warm; do
   timeout 75 "$PY" -m bench scene "${COMMON[@]}" --compile --compile-cache-dir "$CACHE" --views 3 --seeds 3 \
-    --steps 5 --no-reference --no-flops --tag "cache-$run"
+    --steps 5 --no-reference --no-flops --no-infer-command --tag "cache-$run"
   echo "exit $? ($run)"
 done
 
 step "3/4 scene: 8 views x 3 seeds, 30 steps, 768x576 (reference on 1 image, extrapolated and labelled)"
 timeout 100 "$PY" -m bench scene "${COMMON[@]}" --compile --compile-cache-dir "$CACHE" --views 8 --seeds 3 \
-  --reference-requests 1 --tag scene8
+  --reference-requests 1 --no-infer-command --tag scene8
 echo "exit $?"
 
 step "4/4 fit: 50 mode-5 steps, 512x384, batch 3, accumulation 3"

@@ -3,8 +3,11 @@ decoded images, for our sampler and for the reference-style one."""
 
 from __future__ import annotations
 
+import copy
 import gc
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -88,6 +91,8 @@ def run(args, peak_tflops: float | None) -> dict:
 
     ours_out, images, requests = _run_ours(args, device, dtype, settings, peak_tflops)
     result["ours"] = ours_out
+    if args.infer_command:
+        result["infer_command"] = run_infer_command(args, device, dtype)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -160,6 +165,43 @@ def _run_ours(args, device, dtype, settings, peak_tflops):
     return out, images, requests
 
 
+def run_infer_command(args, device, dtype) -> dict:
+    """`viewneti infer` end to end (`inference.run_inference`): load the run's checkpoint and base model,
+    render the views x seeds, write predictions.safetensors, the PNGs and one grid per seed. The run is
+    a 1-step mode-5 fit (vanishing learning rate) on a synthetic scene; only the inference is timed."""
+    from bench.train_loop import prepare_train_run
+    from viewneti_core.inference import run_inference
+    from viewneti_core.training import train
+
+    width, height = args.size
+    fit_args = copy.copy(args)  # the one fitting step: on the scene's image size, one image
+    fit_args.train_size, fit_args.batch, fit_args.accumulation = args.size, 1, 1
+    with tempfile.TemporaryDirectory(prefix="viewneti-bench-infer-") as tmp:
+        bench, config = prepare_train_run(fit_args, 5, device, dtype, Path(tmp), steps=1, learning_rate=1e-12)
+        run_dir = train(config, components=bench.components, progress=False).run_dir
+        del bench
+        gc.collect()
+        overrides = {
+            "run": {"dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype],
+                    "compile_unet": args.compile, "compile_mode": args.compile_mode,
+                    **({} if args.channels_last else {"channels_last": False}),
+                    **({"compile_cache_dir": str(args.compile_cache_dir)} if args.compile_cache_dir else {})},
+            "eval": {"num_denoising_steps": args.steps, "guidance_scale": 7.5, "width": width, "height": height,
+                     "eval_batch_size": args.batch_size, "decode_batch_size": args.decode_batch_size},
+        }
+        views, seeds = list(dtu.EVAL_VIEWS[: args.views]), list(range(args.seeds))
+        reset_peak_memory(device)
+        synchronize(device)
+        start = time.perf_counter()
+        done = run_inference(run_dir, seeds=seeds, views=views, overrides=overrides, progress=False)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "images": len(views) * len(seeds), "grids": len(done.grids),
+            "includes": "load_run (checkpoint + base model build/load), rendering, predictions + PNG + grid writes"
+                        + ("; the first call compiles" if args.compile else ""),
+            **peak_memory(device)}
+
+
 def _run_reference(args, device, settings, peak_tflops, requests, images):
     ref_dtype = DTYPES[args.reference_dtype or args.dtype]
     ref = build_bench_model(args.model, device, ref_dtype, acceleration=None)
@@ -210,6 +252,8 @@ def table_rows(result: dict) -> list[tuple[str, object]]:
                                                       for k in ("contexts", "denoise", "decode"))),
         ("ours: peak memory GiB", ours["peak_memory_gib"]),
     ]
+    if "infer_command" in result:
+        rows.append(("`viewneti infer` end to end s", result["infer_command"]["seconds"]))
     if "tflops_per_s" in ours:
         rows += [("ours: TFLOP total", ours["flops"]["total"] / 1e12),
                  ("ours: TFLOP/s total / denoise", f"{ours['tflops_per_s']['total']:.3g} / "

@@ -24,35 +24,42 @@ from viewneti_core.training import train
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-def run_train_loop(args, mode: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """Steps per second of `train()` after `args.train_warmup` untimed steps (mode 5 or 3)."""
+def prepare_train_run(args, mode: int, device: torch.device, dtype: torch.dtype, root: Path, steps: int,
+                      learning_rate: float | None = None):
+    """(bench model, config) of a `train()` run on a synthetic scene under `root` (mode 5 or 3)."""
     width, height = args.train_size
     scans = [dtu.PRETRAIN_SCANS[0]] if mode == 3 else [114]
     bench = build_bench_model(args.model, device, dtype, mode=mode, num_scenes=len(scans))
+    make_synthetic_dtu(root / "dtu", scans=scans, size=(width, height), lights=[dtu.DEFAULT_LIGHT], progress=False)
+    model_section = {"pretrained_model_name_or_path": f"builtin:{args.model}"}
+    if mode == 5:
+        stem = root / "view-mapper" / "view_mapper"
+        stem.parent.mkdir()
+        save_mapper(bench.conditioner.view_mapper, stem)
+        model_section["pretrained_view_mapper"] = str(stem)
+    config = ViewNetiConfig.model_validate({
+        "learnable_mode": mode,
+        "run": {"device": device.type, "compile_unet": args.compile,
+                "compile_cache_dir": str(args.compile_cache_dir) if args.compile_cache_dir else None,
+                **({} if args.channels_last else {"channels_last": False})},
+        "log": {"exp_dir": str(root / "runs"), "exp_name": "bench", "report_to": "none", "save_steps": 10**9},
+        "data": {"train_data_dir": str(root / "dtu"), "width": width, "height": height, "dtu_scan": scans[0],
+                 "dtu_pretrain_scans": scans, "augmentation": "fitting" if mode == 5 else "pretraining"},
+        "model": model_section,
+        "eval": {"validation_steps": 10**9, "final_validation": False},
+        "optim": {"max_train_steps": steps, "train_batch_size": args.batch,
+                  "gradient_accumulation_steps": args.accumulation,
+                  "mixed_precision": MIXED_PRECISION[args.dtype],
+                  **({} if learning_rate is None else {"learning_rate": learning_rate, "scale_lr": False})},
+    })
+    return bench, config
+
+
+def run_train_loop(args, mode: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """Steps per second of `train()` after `args.train_warmup` untimed steps (mode 5 or 3)."""
     with tempfile.TemporaryDirectory(prefix="viewneti-bench-train-") as tmp:
-        root = Path(tmp)
-        make_synthetic_dtu(root / "dtu", scans=scans, size=(width, height), lights=[dtu.DEFAULT_LIGHT], progress=False)
-        model_section = {"pretrained_model_name_or_path": f"builtin:{args.model}"}
-        if mode == 5:
-            stem = root / "view-mapper" / "view_mapper"
-            stem.parent.mkdir()
-            save_mapper(bench.conditioner.view_mapper, stem)
-            model_section["pretrained_view_mapper"] = str(stem)
         steps = args.train_warmup + args.train_steps
-        config = ViewNetiConfig.model_validate({
-            "learnable_mode": mode,
-            "run": {"device": device.type, "compile_unet": args.compile,
-                    "compile_cache_dir": str(args.compile_cache_dir) if args.compile_cache_dir else None,
-                    **({} if args.channels_last else {"channels_last": False})},
-            "log": {"exp_dir": str(root / "runs"), "exp_name": "bench", "report_to": "none", "save_steps": 10**9},
-            "data": {"train_data_dir": str(root / "dtu"), "width": width, "height": height, "dtu_scan": scans[0],
-                     "dtu_pretrain_scans": scans, "augmentation": "fitting" if mode == 5 else "pretraining"},
-            "model": model_section,
-            "eval": {"validation_steps": 10**9, "final_validation": False},
-            "optim": {"max_train_steps": steps, "train_batch_size": args.batch,
-                      "gradient_accumulation_steps": args.accumulation,
-                      "mixed_precision": MIXED_PRECISION[args.dtype]},
-        })
+        bench, config = prepare_train_run(args, mode, device, dtype, Path(tmp), steps)
         stamps: list[float] = []
 
         def on_step_end(step: int) -> None:

@@ -58,48 +58,43 @@ def _local_server(args: argparse.Namespace) -> PrefectServer | None:
 # ---- demo ------------------------------------------------------------------------------------------------
 
 
-def ensure_demo_inputs(out: Path) -> tuple[Path, Path]:
-    """Synthetic DTU archives and the tiny model under `out` (built once, reused afterwards)."""
-    from viewneti_core.sd_models import build_components, save_components
+def ensure_demo_inputs(out: Path) -> Path:
+    """The mini world's synthetic DTU archives under `out` (written once, reused afterwards)."""
+    from viewneti_core.mini_world import SIZE, WORLD_SEED
     from viewneti_core.synthetic import make_synthetic_dtu, write_archives
 
     archives = out / "synthetic" / "archives"
     if not all((archives / f"{name}.zip").is_file() for name in ("Rectified", "SampleSet", "idrmasks")):
         tree = out / "synthetic" / "tree"
-        _print(f"writing synthetic DTU scans {list(DEMO_PRETRAIN_SCANS + DEMO_TEST_SCANS)} and their archives ...")
-        make_synthetic_dtu(tree, DEMO_PRETRAIN_SCANS + DEMO_TEST_SCANS, size=DEMO_IMAGE_SIZE, lights=[3],
+        _print(f"writing mini-world DTU scans {list(DEMO_PRETRAIN_SCANS + DEMO_TEST_SCANS)} and their archives ...")
+        make_synthetic_dtu(tree, DEMO_PRETRAIN_SCANS + DEMO_TEST_SCANS, size=SIZE, seed=WORLD_SEED, lights=[3],
                            progress=False, overwrite=True)
         write_archives(tree, archives)
-    model = out / "model-tiny"
-    if not (model / "model_index.json").is_file():
-        _print(f"building the tiny random-weight model in {model} ...")
-        save_components(build_components("tiny"), model, builder="tiny")
-    return archives, model
+    return archives
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from viewneti_core.mini_world import NOTE
+
     started = time.monotonic()
     out = args.out.absolute()
     server = _local_server(args)
-    archives, model = ensure_demo_inputs(out)
+    archives = ensure_demo_inputs(out)
     with StaticFileServer(archives, port=args.archive_port) as files:
         sources = [files.url(f"{name}.zip") for name in ("Rectified", "SampleSet", "idrmasks")]
         _print(f"serving the synthetic DTU archives at http://127.0.0.1:{files.port}/")
-        config = _load(args.config, demo_overrides(out, sources, model), args.overrides)
+        config = _load(args.config, demo_overrides(out, sources), args.overrides)
         code = _run_benchmark(config, server)
-    _print(f"demo finished in {time.monotonic() - started:.0f} s (RANDOM WEIGHTS: the machinery runs; "
-           "the numbers are not benchmark quality)")
+    _print(f"demo finished in {time.monotonic() - started:.0f} s ({NOTE}; LPIPS backbone random)")
     return code
 
 
-def demo_overrides(out: Path, sources: list[str], model: Path) -> dict:
-    """What `demo` sets on top of configs/demo.yaml: its output dir, archive URLs and tiny model."""
+def demo_overrides(out: Path, sources: list[str]) -> dict:
+    """What `demo` sets on top of configs/demo.yaml: its output dir and the archive URLs."""
     return {
         "run_dir": str(out / "benchmark"),
         "data": {"sources": sources, "root": str(out / "benchmark" / "data" / "dtu"),
                  "cache_dir": str(out / "downloads")},
-        "pretrain": {"model": {"pretrained_model_name_or_path": str(model)}},
-        "fit": {"model": {"pretrained_model_name_or_path": str(model)}},
     }
 
 
@@ -162,9 +157,9 @@ def _summarize_outputs(config, server: PrefectServer | None) -> None:
 
 def cmd_demo_inputs(args: argparse.Namespace) -> int:
     """For the `dtu-benchmark/demo` deployment: build the inputs, serve the archives until Ctrl-C."""
-    archives, model = ensure_demo_inputs(args.out.absolute())
+    archives = ensure_demo_inputs(args.out.absolute())
     with StaticFileServer(archives, port=args.archive_port) as files:
-        _print(f"tiny model: {model}\nserving {archives} at http://127.0.0.1:{files.port}/ (Ctrl-C to stop)")
+        _print(f"serving {archives} at http://127.0.0.1:{files.port}/ (Ctrl-C to stop)")
         try:
             while True:
                 time.sleep(3600)

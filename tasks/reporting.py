@@ -21,6 +21,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from tasks.common import ledger_entry, parse_item_name, run_logger, write_json_atomic
+from viewneti_core.sd_models import weights_note
 
 ALL_ROWS_FILE = "metrics_all.parquet"
 RANDOM_NOTE = ("**RANDOM WEIGHTS — NOT BENCHMARK QUALITY.** These numbers come from a randomly initialised "
@@ -190,14 +191,17 @@ def report_markdown(
     random = (aggregate or {}).get("random_weights") or any(r.get("weights") == "random" for r in items.values())
     if random:
         lines += [RANDOM_NOTE, ""]
+    if any(r.get("weights") == "mini-world" for r in items.values()):
+        lines += [f"**{weights_note('mini-world').upper()}.** The base model and view mapper were trained by this "
+                  "project on synthetic scenes; the numbers measure ViewNeTI in that world.", ""]
     status = "all items finished" if not failures else f"**{len(failures)} item(s) FAILED**: {', '.join(sorted(failures))}"
     lines += [f"- run directory: `{run_dir}`", f"- items: {len(items)} finished, {len(failures)} failed — {status}"]
     lines += [f"- {n}" for n in notes]
     lines.append("")
     if aggregate is not None:
         summary_md = Path(aggregate["summary_md"]).read_text()
-        body = [line for line in summary_md.splitlines()
-                if not line.startswith("# ") and not line.startswith("**RANDOM WEIGHTS")]  # ours is above
+        body = [line for line in summary_md.splitlines() if not line.startswith("# ")
+                and not line.startswith("**RANDOM WEIGHTS") and not line.startswith("**MINI WORLD")]  # ours is above
         body = [f"#{line}" if line.startswith("## ") else line for line in body]  # nest under our heading
         lines += ["## Novel view synthesis on DTU (paper-style)", "", *body, ""]
         plots = " · ".join(_link(p) for p in aggregate["plots"])

@@ -37,6 +37,8 @@ def test_bench_scene_runs_both_paths(tmp_path):
     assert result["ours"]["seconds"] > 0 and result["reference"]["seconds"] > 0
     assert result["reference"]["max_abs_image_diff_vs_ours"] < 1e-4
     assert result["ours"]["flops"]["total"] > 0
+    infer = result["infer_command"]  # `viewneti infer` end to end: load, render, write
+    assert infer["seconds"] > 0 and infer["images"] == 2 and infer["grids"] == 1
     assert "float32 torch.mm" in result["peak_label"]  # the CPU peak is measured in the run's dtype
 
 

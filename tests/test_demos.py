@@ -23,9 +23,28 @@ def _run(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: f
                           timeout=timeout)
 
 
-def test_core_demo_writes_labelled_images(tmp_path):
+def test_core_demo_fits_a_held_out_mini_world_scene(tmp_path):
+    """The default `viewneti demo`: mode 5 on held-out scan 114 of the mini world, labelled as such."""
     out = tmp_path / "demo"
     done = _run("viewneti_core.cli", "demo", "--out", str(out), "--eval.seeds", "[0]", cwd=tmp_path)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["weights"] == "mini-world" and "not SD 2.1" in summary["note"]
+    assert summary["scan"] == 114 and summary["input_views"] == [25, 22, 28] and summary["fit_steps"] == 200
+    assert len(summary["images"]) == 6 and summary["grids"]
+    for relative in summary["images"] + summary["grids"]:
+        with Image.open(out / relative) as image:
+            assert image.size[0] > 0
+    assert 5 < summary["novel_view_psnr"] < 60
+    assert "mini world" in text and "novel test views: PSNR" in text and "RANDOM" not in text
+
+
+def test_core_demo_on_the_tiny_random_model_says_so(tmp_path):
+    out = tmp_path / "demo"
+    done = _run("viewneti_core.cli", "demo", "--out", str(out), "--eval.seeds", "[0]",
+                "--model.pretrained_model_name_or_path", "builtin:tiny", "--eval.width", "128", "--eval.height", "96",
+                cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"], summary
@@ -57,5 +76,8 @@ def test_pipeline_demo_runs_the_benchmark_and_prints_where_everything_is(prefect
     assert "distributed.worker - INFO" not in text, "the local Dask cluster logs warnings and up only"
     rows = pd.read_parquet(report / "metrics_all.parquet")
     assert sorted(rows["run"].unique()) == ["scan114-1view", "scan114-3view", "scan21-1view", "scan21-3view"]
-    assert set(rows["weights"]) == {"random"} and set(rows["seed"]) == {0, 1}
-    assert "RANDOM WEIGHTS" in text and "RANDOM WEIGHTS" in (report / "report.md").read_text()
+    assert set(rows["weights"]) == {"mini-world"} and set(rows["seed"]) == {0, 1}
+    assert "mini world" in text and "not SD 2.1" in text
+    report_text = (report / "report.md").read_text()
+    assert "MINI WORLD" in report_text and "RANDOM WEIGHTS" not in report_text
+    assert "LPIPS with a random VGG backbone" in report_text  # the one random part, still labelled

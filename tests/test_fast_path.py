@@ -157,6 +157,11 @@ def test_acceleration_options_follow_the_run_config():
                                           compile_unet=True, compile_cache_dir="/tmp/cc")
     # The defaults: "auto" dtype and layout, resolved per device (tests/test_production_path.py has CUDA).
     assert AccelerationOptions.from_config(ViewNetiConfig(), "cpu") == AccelerationOptions(dtype="auto")
+    # CUDA graphs are a config choice too: torch.compile's "reduce-overhead" mode.
+    graphs = ViewNetiConfig.model_validate({"run": {"compile_unet": True, "compile_mode": "reduce-overhead"}})
+    assert AccelerationOptions.from_config(graphs, "cpu").compile_mode == "reduce-overhead"
+    with pytest.raises(ValueError, match="compile_mode"):
+        ViewNetiConfig.model_validate({"run": {"compile_mode": "cudagraphs-please"}})
 
 
 @pytest.mark.slow  # inductor compiling the tiny UNet: 100 s on 2 quiet cores (8 min once on a busy machine)

@@ -386,3 +386,41 @@ def test_data_parallel_pretraining_with_two_processes(synthetic_dtu_root, tiny_m
     assert [p.name for p in list_checkpoints(tmp_path / "ddp")] == ["checkpoint-2"]
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 writes
+
+
+def test_loader_worker_processes_train_like_the_main_process(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    """The CUDA default runs augmentation in DataLoader worker processes: every item is augmented
+    under its own seed (run seed, epoch, position), so two worker processes give exactly the losses of
+    the in-process loader, with and without augmentation."""
+    def losses(name, workers, augmentation):
+        config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, name, optim={"max_train_steps": 4},
+                             data={"dataloader_num_workers": workers, "augmentation": augmentation},
+                             eval={"final_validation": False})
+        return train(config, progress=False).losses
+
+    assert losses("in_process", 0, "none") == losses("two_workers", 2, "none")
+    augmented = losses("augmented_in_process", 0, "fitting")
+    assert augmented == losses("augmented_two_workers", 2, "fitting")
+    assert augmented != losses("plain", 0, "none")  # the augmentations did run
+
+
+def test_an_item_is_augmented_the_same_whatever_the_global_rng_held(synthetic_dtu_root, tiny_model_dir, tmp_path):
+    """What makes mid-epoch resumes with loader workers exact: an item's augmentation depends on its
+    seed only, and it leaves the caller's RNG where it was."""
+    from viewneti_core.training_data import SeededItems, seeded_batches
+
+    config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "items", data={"augmentation": "fitting"})
+    data = build_training_data(config)
+    items = SeededItems(data.dataset)
+    (first, *_), *_ = seeded_batches(data.batches(0), 0, 0)
+    torch.manual_seed(1)
+    a = items[first]["pixel_values"]
+    state = torch.get_rng_state()
+    torch.manual_seed(2)
+    b = items[first]["pixel_values"]
+    assert torch.equal(a, b)
+    torch.manual_seed(2)
+    items[first]
+    assert not torch.equal(torch.get_rng_state(), state) and torch.equal(torch.get_rng_state(), torch.manual_seed(2).get_state())
+    other = seeded_batches(data.batches(1), 0, 1)[0][0]
+    assert not torch.equal(items[(first[0], other[1])]["pixel_values"], a)  # another epoch's seed: other draws

@@ -118,13 +118,14 @@ def test_demo_command_and_demo_deployment_resolve_to_the_same_run_configs(tmp_pa
                       if d["name"] == "demo")
     from_deployment = load_benchmark_config(overrides=deployment["parameters"]["config"]).resolved()
     sources = from_deployment.data.sources
-    from_command = _load(DEMO_CONFIG, demo_overrides(out, sources, out / "model-tiny"), []).resolved()
+    from_command = _load(DEMO_CONFIG, demo_overrides(out, sources), []).resolved()
     mapper = str(from_command.pretrain_run_dir / "checkpoints" / "checkpoint-20")
     pairs = [(pretrain_config(from_command), pretrain_config(from_deployment))]
     pairs += [(item_config(c, 21, 1, mapper), item_config(d, 21, 1, mapper)) for c, d in [(from_command, from_deployment)]]
     for ours, theirs in pairs:
         assert ours.model_dump(mode="json") == theirs.model_dump(mode="json")
-    assert Path(from_deployment.fit.model.pretrained_model_name_or_path) == out / "model-tiny"
+    assert from_deployment.fit.model.pretrained_model_name_or_path == "builtin:mini-world"
+    assert from_command.pretrained_view_mapper == from_deployment.pretrained_view_mapper == "mini-world"
 
 
 def test_resolving_keeps_hub_ids_builtin_models_and_registry_names(tmp_path):
@@ -201,7 +202,7 @@ def test_training_warns_once_before_a_long_cpu_run(synthetic_dtu_root, tiny_mode
     finally:
         budget.removeHandler(collect)
     warnings = [r.getMessage() for r in collect.records]
-    assert len(warnings) == 1 and "training: ~1500000 UNet evaluations' worth at 64x48" in warnings[0]
+    assert len(warnings) == 1 and "training: ~150000 UNet evaluations' worth at 64x48" in warnings[0]
     assert "optim.max_train_steps" in warnings[0]
 
 

@@ -67,6 +67,7 @@ class AccelerationOptions:
             # with channels_last, the other layout knob.
             fuse_self_attention=channels_last,
             compile_unet=run.compile_unet,
+            compile_mode=run.compile_mode,
             tf32=cuda,
             compile_cache_dir=str(compile_cache_dir(run.compile_cache_dir)) if run.compile_unet else None,
         )

@@ -89,12 +89,26 @@ def save_checkpoint(
     return final
 
 
-def _save_training_state(directory: Path, optimizer: torch.optim.Optimizer, lr_scheduler: Any, state: TrainingState) -> None:
-    tensors: dict[str, torch.Tensor] = {}
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer's state as safetensors-ready tensors (`optimizer.{param}.{name}`) plus its JSON-safe
+    param groups; `restore_optimizer` undoes it."""
     opt = optimizer.state_dict()
-    for index, values in opt["state"].items():
-        for name, value in values.items():
-            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors = {f"optimizer.{index}.{name}": torch.as_tensor(value).detach().cpu().contiguous()
+               for index, values in opt["state"].items() for name, value in values.items()}
+    return tensors, opt["param_groups"]
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def _save_training_state(directory: Path, optimizer: torch.optim.Optimizer, lr_scheduler: Any, state: TrainingState) -> None:
+    tensors, param_groups = optimizer_tensors(optimizer)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
@@ -107,7 +121,7 @@ def _save_training_state(directory: Path, optimizer: torch.optim.Optimizer, lr_s
         "step": state.step,
         "epoch": state.epoch,
         "batch_in_epoch": state.batch_in_epoch,
-        "optimizer_param_groups": opt["param_groups"],
+        "optimizer_param_groups": param_groups,
         "lr_scheduler": lr_scheduler.state_dict(),  # LambdaLR stores lr_lambdas as [None]: JSON-safe
         "rng_numpy": {"kind": np_state[0], "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
         "rng_python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
@@ -217,12 +231,7 @@ def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, lr_s
     checkpoint = Path(checkpoint)
     tensors = load_file(str(checkpoint / "training_state.safetensors"))
     meta = json.loads((checkpoint / "training_state.json").read_text())
-    opt_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            opt_state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer_param_groups"]})
+    restore_optimizer(optimizer, tensors, meta["optimizer_param_groups"])
     lr_scheduler.load_state_dict(meta["lr_scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]

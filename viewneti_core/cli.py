@@ -34,13 +34,26 @@ def _cmd_make_model(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_build_mini_world(args: argparse.Namespace, overrides: list[str]) -> int:
+    from viewneti_core.mini_world_build import run_build
+
+    return run_build(args)
+
+
 def _cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     from viewneti_core.demo import run_demo
 
     config = load_config(args.config, overrides)
     result = run_demo(config, args.out)
-    print(f"\nViewNeTI demo finished in {result.seconds:.1f} s (RANDOM WEIGHTS: images are not benchmark quality)")
-    print(f"  images:  {result.out_dir / 'samples'} ({len(result.images)} files)")
+    record = result.record or {}
+    if record.get("weights") == "random":
+        print(f"\nViewNeTI demo finished in {result.seconds:.1f} s (RANDOM WEIGHTS: images are not benchmark quality)")
+    else:
+        print(f"\nViewNeTI demo finished in {result.seconds:.1f} s ({record['note']})")
+        print(f"  fitted mode {config.learnable_mode} on held-out scan {record['scan']} from views "
+              f"{record['input_views']} ({record['fit_steps']} steps); novel test views: "
+              f"PSNR {record['novel_view_psnr']:.2f} dB, SSIM {record['novel_view_ssim']:.3f}")
+    print(f"  images:  {result.images[0].parent if result.images else result.out_dir} ({len(result.images)} files)")
     for grid in result.grids:
         print(f"  grid:    {grid}")
     print(f"  summary: {result.summary}")
@@ -48,11 +61,13 @@ def _cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from viewneti_core.sd_models import weights_note
     from viewneti_core.training import train
 
     config = load_config(args.config, overrides)
     result = train(config, resume=args.resume)
     label = " (RANDOM-WEIGHT base model: not benchmark quality)" if result.weights == "random" else ""
+    label = label or (f" ({weights_note(result.weights)})" if weights_note(result.weights) else "")
     print(f"trained {result.steps} steps{label}; last checkpoint: {result.final_checkpoint}")
     return 0
 
@@ -224,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", type=Path, required=True, help="target directory (must not exist or be empty)")
         sub.add_argument("--seed", type=int, default=0)
         sub.set_defaults(handler=_cmd_make_model, takes_overrides=False)
+    build = models.add_parser("build-mini-world", help="train the mini world's base model and view mapper from "
+                              "scratch on synthetic scenes (about an hour on 2 CPU cores; resumable)")
+    from viewneti_core.mini_world_options import add_build_arguments
+
+    add_build_arguments(build)
+    build.set_defaults(handler=_cmd_build_mini_world, takes_overrides=False)
 
     bench = groups.add_parser("bench", add_help=False, help="speed benchmarks, ours vs reference-style "
                               "(`viewneti bench --help`; the same as `python -m bench`)")

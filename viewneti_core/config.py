@@ -55,6 +55,9 @@ class RuntimeConfig(_Section):
     # dtype of the frozen weights at inference: "auto" is bfloat16 on CUDA, float32 on CPU
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     compile_unet: bool = False  # torch.compile the UNet (dynamic=False: the sampler pads to fixed shapes)
+    # torch.compile mode: "reduce-overhead" adds CUDA graphs (the sampler's padded batches keep shapes
+    # static, so one graph per shape is recorded and replayed); "max-autotune*" also autotune GEMMs
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     # channels-last memory format + fused self-attention projections; "auto" is on for CUDA only
     channels_last: bool | Literal["auto"] = "auto"
     compile_cache_dir: Path | None = None  # inductor/triton caches; None: ~/.cache/viewneti/compile

@@ -18,10 +18,12 @@ logger = logging.getLogger(__name__)
 CPU_MAX_PIXELS = 256 * 192  # larger images on a CPU: seconds per UNet evaluation even for the tiny model
 CPU_MAX_WORK = 1500 * 128 * 96  # UNet evaluations x pixels: a few minutes of the tiny model (the core demo: 720 at 128x96)
 CPU_MAX_UNET_PARAMETERS = 50_000_000  # the tiny model has 2.4 M, SD 2.1 865 M
-# One training image costs as much as ~30 sampling UNet evaluations at the demos' sizes: the text encoder
-# runs forward and backward for all 16 layers' contexts, then the UNet forward and backward (measured with
-# the tiny model at 64x48 on 2 busy cores: ~2 s per training image, ~0.05 s per sampling evaluation).
-TRAINING_IMAGE_COST = 30
+# One training image costs as much as a few sampling UNet evaluations at the demos' sizes: the text
+# encoder runs forward and backward for all 16 layers' contexts, then the UNet forward and backward.
+# Measured 2026-12-02 on 2 CPU cores: a mode-5 step of the mini world (64x48, batch 4) takes ~0.56 s,
+# ~0.14 s per training image, against ~0.05 s per sampling evaluation. (An earlier constant of 30 came
+# from a busy machine and warned on every 200-step demo fit, which takes about two minutes.)
+TRAINING_IMAGE_COST = 3
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def cpu_warning(device, unet_parameters: int, work: Sequence[Work]) -> str | Non
              else f"a {unet_parameters / 1e6:.1f} M-parameter UNet")
     return (f"this runs on the CPU with {model} - {parts}: expect a long run (the tiny model needs ~1 s per "
             f"evaluation at 256x192 and ~6 s at 768x576 on 2 cores). For a quick CPU run lower {keys} "
-            "(configs/core_demo.yaml renders 128x96 images, configs/demo.yaml trains and renders 64x48), "
+            "(configs/core_demo.yaml and configs/demo.yaml train and render 64x48), "
             "or use a GPU (run.device cuda).")
 
 

@@ -30,7 +30,7 @@ from viewneti_core.cpu_budget import sampling_work, warn_if_slow_on_cpu
 from viewneti_core.images import labelled_grid, load_image, save_image_atomic, to_pil
 from viewneti_core.model import ViewNetiModel, build_model
 from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
-from viewneti_core.sd_models import load_components, resolve_device, resolve_dtype
+from viewneti_core.sd_models import load_components, resolve_device, resolve_dtype, weights_note
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def run_inference(
     grids = []
     if scan is not None:
         gts, masks = dtu_ground_truth(root, scan, views, config.data.dtu_lighting)
-        title = f"scan {scan} {token} step {run.step}" + (" - RANDOM WEIGHTS, not benchmark quality" if weights == "random" else "")
+        title = f"scan {scan} {token} step {run.step}" + (f" - {weights_note(weights)}" if weights_note(weights) else "")
         for seed in seeds:
             grid = seed_grid(images, seed, views, gts, masks, train_cams, title)
             grids.append(save_image_atomic(grid, out_dir / f"grid_seed{seed}.png"))

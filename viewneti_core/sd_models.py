@@ -1,5 +1,8 @@
 """Stable Diffusion components: loading from a hub id or a local diffusers directory, and builders.
 
+`builtin:mini-world` is the one shipped trained model: the mini world's base model, trained from
+scratch by `viewneti models build-mini-world` on synthetic scenes (see `mini_world.py`).
+
 Two builders need no download:
 - `tiny`: a Stable-Diffusion-shaped model with random weights (same UNet block layout, hence the
   same 16 cross-attention layers in the same order as SD 2.1) that runs in seconds on a CPU;
@@ -33,6 +36,8 @@ logger = logging.getLogger(__name__)
 MODEL_INFO_FILE = "viewneti_model.json"
 SUBFOLDERS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 BUILDERS = ("tiny", "sd21-random")
+# Shipped, trained weights (not builders): name -> directory in diffusers format inside the package.
+SHIPPED = {"mini-world": Path(__file__).resolve().parent / "model_weights" / "mini-world" / "model"}
 
 
 @dataclass
@@ -154,6 +159,14 @@ def _build_from_configs(configs: dict[str, dict], source: str, seed: int) -> SDC
     )
 
 
+def shipped_model_dir(name: str) -> Path:
+    path = SHIPPED[name]
+    if not (path / "model_index.json").is_file():
+        raise _not_found(f"{BUILTIN_PREFIX}{name}", f"the shipped weights are missing from {path}; rebuild them "
+                         f"with `viewneti models build-mini-world --out DIR` and copy DIR/ into {path.parent}")
+    return path
+
+
 def build_components(builder: str, seed: int = 0) -> SDComponents:
     """Build a random-weight model without any download: 'tiny' or 'sd21-random'."""
     if builder == "tiny":
@@ -184,7 +197,7 @@ def save_components(components: SDComponents, out_dir: Path | str, builder: str 
         with _quiet_progress_bars():
             pipeline.save_pretrained(tmp, safe_serialization=True)
         _write_explicit_scheduler_config(components.scheduler, tmp / "scheduler" / "scheduler_config.json")
-        info = {"weights": components.weights, "builder": builder, "note": _weights_note(components.weights)}
+        info = {"weights": components.weights, "builder": builder, "note": weights_note(components.weights)}
         (tmp / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         normalize_modes(tmp)  # diffusers writes its safetensors files 0600
         if out_dir.exists():
@@ -208,9 +221,14 @@ def _write_explicit_scheduler_config(scheduler: DDPMScheduler, path: Path) -> No
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def _weights_note(weights: str) -> str:
+def weights_note(weights: str) -> str:
+    """The label every output of a model with these weights carries ("" for real pretrained weights)."""
     if weights == "random":
         return "RANDOM WEIGHTS: outputs of this model are not benchmark quality"
+    if weights == "mini-world":
+        from viewneti_core.mini_world import NOTE
+
+        return NOTE
     return ""
 
 
@@ -225,7 +243,7 @@ def _not_found(name: str, reason: str) -> ModelNotFoundError:
         "  The official 'stabilityai/stable-diffusion-2-1' hub repo was taken down in late 2025: use a local "
         "copy or a mirror of it.\n"
         "  Without any download: `viewneti models make-tiny --out DIR` builds a tiny random-weight model, "
-        "or use 'builtin:tiny' / 'builtin:sd21-random'."
+        "or use 'builtin:mini-world' (trained on synthetic scenes) / 'builtin:tiny' / 'builtin:sd21-random'."
     )
 
 
@@ -237,7 +255,10 @@ def load_components(
 ) -> SDComponents:
     """Load tokenizer, text encoder, VAE, UNet and noise scheduler, frozen, on `device` in `dtype`."""
     name = str(name_or_path)
-    if name.startswith(BUILTIN_PREFIX):
+    if name.removeprefix(BUILTIN_PREFIX) in SHIPPED and name.startswith(BUILTIN_PREFIX):
+        components = _load_diffusers_components(str(shipped_model_dir(name.removeprefix(BUILTIN_PREFIX))), None, dtype)
+        components.source = name
+    elif name.startswith(BUILTIN_PREFIX):
         components = build_components(name.removeprefix(BUILTIN_PREFIX)).to(dtype=dtype)
     else:
         components = _load_diffusers_components(name, revision, dtype)
@@ -264,8 +285,10 @@ def check_model_available(name_or_path: str | Path, revision: str | None = None)
     name = str(name_or_path)
     if name.startswith(BUILTIN_PREFIX):
         builder = name.removeprefix(BUILTIN_PREFIX)
+        if builder in SHIPPED:
+            return str(shipped_model_dir(builder))
         if builder not in BUILDERS:
-            raise _not_found(name, f"unknown builder {builder!r}; available: {', '.join(BUILDERS)}")
+            raise _not_found(name, f"unknown builder {builder!r}; available: {', '.join((*BUILDERS, *SHIPPED))}")
         return name
     if _looks_local(name):
         return _local_source(name)

@@ -43,6 +43,9 @@ class SummaryResult:
     n_groups: int = 0
     random_weights: bool = False  # at least one group used a random-weight base model
 
+MINI_WORLD_BANNER = ("**MINI WORLD.** Rows with weights `mini-world` come from the mini world: synthetic scenes, "
+                     "base model trained from scratch by this project on 2 CPU cores; not SD 2.1, not DTU.")
+
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +177,8 @@ def markdown_table(summary: pd.DataFrame) -> str:
     lines = ["# ViewNeTI DTU evaluation summary", ""]
     if random:
         lines += [RANDOM_BANNER, ""]
+    if (summary["weights"] == "mini-world").any():
+        lines += [MINI_WORLD_BANNER, ""]
     lines += [
         "## Test views (primary)", "",
         "Test views only. Per (scan, seed): mean over test views; then mean over seeds per scan; shown: "

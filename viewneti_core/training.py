@@ -43,7 +43,13 @@ from viewneti_core.config import ViewNetiConfig, dump_config
 from viewneti_core.cpu_budget import training_work, warn_if_slow_on_cpu
 from viewneti_core.model import ViewNetiModel, build_model
 from viewneti_core.sd_models import SDComponents, load_components, resolve_device
-from viewneti_core.training_data import TrainingData, build_training_data, collate
+from viewneti_core.training_data import (
+    SeededItems,
+    TrainingData,
+    build_training_data,
+    collate,
+    seeded_batches,
+)
 from viewneti_core.validation import render_validation
 from viewneti_core.view_mapper_registry import load_pretrained_view_mapper
 
@@ -365,9 +371,11 @@ def train(
                disable=not progress or not accelerator.is_local_main_process)
 
     while state.step < optim.max_train_steps:
-        batches = data.batches(state.epoch)[accelerator.process_index :: accelerator.num_processes]
+        # Seeds come from each batch's position in the whole epoch, before the split over processes.
+        batches = seeded_batches(data.batches(state.epoch), optim.seed or 0, state.epoch)
+        batches = batches[accelerator.process_index :: accelerator.num_processes]
         loader = torch.utils.data.DataLoader(
-            data.dataset, batch_sampler=batches[state.batch_in_epoch :], collate_fn=collate,
+            SeededItems(data.dataset), batch_sampler=batches[state.batch_in_epoch :], collate_fn=collate,
             num_workers=loader_workers(config.data.dataloader_num_workers, accelerator.device),
             pin_memory=accelerator.device.type == "cuda",
             # The loader draws a base seed for its workers whenever an iterator starts; drawing it from

@@ -44,6 +44,33 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
+class SeededItems(torch.utils.data.Dataset):
+    """`dataset[index]` under its own RNG seed: items are `(index, seed)` pairs.
+
+    The augmentations draw from torch's global RNG. Seeding each item from (run seed, epoch, position)
+    makes what an item gets independent of who computes it: the main process or any DataLoader worker
+    process, a straight run or one resumed mid-epoch all augment every item identically."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def seeded_batches(batches: list[list[int]], seed: int, epoch: int) -> list[list[tuple[int, int]]]:
+    """The epoch's micro-batches with an augmentation seed for every item (see `SeededItems`)."""
+    base = (seed * 1_000_003 + epoch) * 1_000_003
+    return [[(index, base + position * 1_009 + slot) for slot, index in enumerate(batch)]
+            for position, batch in enumerate(batches)]
+
+
 def shuffled_batches(n_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
     return [order[i : i + batch_size] for i in range(0, n_items, batch_size)]

@@ -13,6 +13,7 @@ from viewneti_core.config import ViewNetiConfig
 from viewneti_core.images import labelled_grid, save_image_atomic, to_pil
 from viewneti_core.model import ViewNetiModel
 from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
+from viewneti_core.sd_models import weights_note
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def render_validation(config: ViewNetiConfig, model: ViewNetiModel, data, run_di
         rows[0] = [gt.convert("RGB").resize(predictions[0].size, Image.BICUBIC) for gt in rows[0]]
     rows.append(predictions)
     labels.append(f"step {step}, seed {seed}")
-    title = f"{token} step {step}" + (f" - {RANDOM_TITLE}" if model.weights_label == "random" else "")
+    note = RANDOM_TITLE if model.weights_label == "random" else weights_note(model.weights_label)
+    title = f"{token} step {step}" + (f" - {note}" if note else "")
     grid = labelled_grid(rows, labels, title=title)
     path = save_image_atomic(grid, Path(run_dir) / "validation" / f"step-{step:06d}.png")
     if accelerator is not None:
