@@ -34,6 +34,18 @@ from bench.setup import DTYPE_NAMES, DTYPES
 from viewneti_core.acceleration import COMPILE_MODES, AccelerationOptions, compile_cache_dir
 
 
+def _batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
@@ -65,8 +77,11 @@ def parser() -> argparse.ArgumentParser:
     scene.add_argument("--seeds", type=int, default=3)
     scene.add_argument("--steps", type=int, default=30)
     scene.add_argument("--size", type=_size, default=(768, 576), help="WxH of rendered images")
-    scene.add_argument("--batch-size", type=int, default=8, help="requests per UNet call (x2 rows with CFG)")
-    scene.add_argument("--decode-batch-size", type=int, default=4, help="images per VAE decode call")
+    scene.add_argument("--batch-size", type=_batch, default="auto",
+                       help="requests per UNet call (x2 rows with CFG); auto (default, as users run): fit free "
+                            "GPU memory, 8 on CPU")
+    scene.add_argument("--decode-batch-size", type=_batch, default="auto",
+                       help="images per VAE decode call; auto (default): fit free GPU memory, 4 on CPU")
     scene.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up run (best is kept)")
     scene.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed cold run")
     scene.add_argument("--reference-requests", type=int, default=None,

@@ -5,7 +5,8 @@
 #   1. bf16 vs fp32 images of the same requests (correctness of the bf16 default);
 #   2. compile cache: the same compiled scene in two fresh processes sharing one cache directory
 #      (the second's cold run is the warm-start cost every pipeline task pays);
-#   3. scene with a reduced view count (8 views x 3 seeds, 30 steps, 768x576; reference timed on 1 image);
+#   3. scene with a reduced view count (8 views x 3 seeds, 30 steps, 768x576; reference timed on 1 image),
+#      batch sizes `auto` as users run them (measured against free memory; the JSON's batch_plan);
 #   4. fit: 50 mode-5 optimizer steps at 512x384, batch 3, accumulation 3, both as the loss
 #      micro-benchmark and through the real train() loop (DataLoader, augmentation, accelerate).
 # Usage: bash bench/gpu_check.sh [OUT_DIR]   (default outputs/bench/gpu-check; JSON + log land there)

@@ -50,7 +50,7 @@ def _count_ours(sampler: ViewNetiSampler, requests: list[SampleRequest]) -> dict
     """FLOPs per phase as `ViewNetiSampler.sample` spends them, counted on the eager modules (same
     maths): contexts once per distinct (prompt, camera) for all timesteps, every batch padded to one
     shape, decode of the real images only."""
-    size = batch_shape(len(requests), sampler.settings.batch_size)
+    size = batch_shape(len(requests), sampler.plan(len(requests)).batch_size)
     n_batches = -(-len(requests) // size)
     n_pairs = len({(r.prompt, r.camera) for r in requests})
     steps = sampler.settings.num_inference_steps
@@ -136,7 +136,8 @@ def _run_ours(args, device, dtype, settings, peak_tflops):
     if args.warmup:  # the same warm-up for both paths: one untimed call on the first UNet batch
         synchronize(device)
         start = time.perf_counter()
-        sampler.sample(requests[: batch_shape(len(requests), settings.batch_size)], progress=False)  # same shape
+        sampler.sample(requests[: batch_shape(len(requests), sampler.plan(len(requests)).batch_size)],
+                       progress=False)  # same shape
         synchronize(device)
         cold_s = time.perf_counter() - start
     runs = []
@@ -151,7 +152,10 @@ def _run_ours(args, device, dtype, settings, peak_tflops):
     total_s, phases = min(runs, key=lambda r: r[0])
     phases["denoise"] = total_s - phases.get("contexts", 0.0) - phases.get("decode", 0.0)
     memory = peak_memory(device)
+    plan = sampler.plan(len(requests))
     out = {
+        "batch_plan": {"batch_size": plan.batch_size, "decode_batch_size": plan.decode_batch_size,
+                       "free_bytes_when_planned": plan.free_bytes},
         "seconds": total_s, "all_runs_s": [r[0] for r in runs], "cold_first_run_s": cold_s,
         "images": len(requests), "seconds_per_image": total_s / len(requests), "phases_s": phases,
         "acceleration": vars(ours.acceleration) if ours.acceleration else None, **memory,

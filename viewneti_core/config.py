@@ -189,8 +189,10 @@ class EvalConfig(_Section):
     seeds: list[int] = Field(default_factory=lambda: [0, 1])  # the original's inference.yaml
     width: PositiveInt = 768
     height: PositiveInt = 576
-    eval_batch_size: PositiveInt = 8  # images (views x seeds) per UNet call; each image costs 2 rows (CFG)
-    decode_batch_size: PositiveInt = 4  # images per VAE decode call (a 768x576 decode holds GBs per image)
+    # images (views x seeds) per UNet call, each 2 rows (CFG); "auto": the most that fit in free GPU
+    # memory, measured at the run's shapes (8 off CUDA)
+    eval_batch_size: PositiveInt | Literal["auto"] = "auto"
+    decode_batch_size: PositiveInt | Literal["auto"] = "auto"  # images per VAE decode ("auto": fit, 4 off CUDA)
     # DPM-Solver++'s last step: "sigma_min" as the original (diffusers 0.14), "zero" as diffusers >= 0.26
     final_sigmas_type: Literal["sigma_min", "zero"] = "sigma_min"
     validation_steps: PositiveInt = 250

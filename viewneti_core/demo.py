@@ -80,6 +80,8 @@ def run_demo(
 def run_mini_world_demo(config: ViewNetiConfig, out_dir: Path, scan: int, views: tuple[int, ...],
                         progress: bool = True) -> DemoResult:
     """Fit mode 5 on `scan` from its 3 training views, render `views` over seeds, score the novel ones."""
+    import pandas as pd
+
     from viewneti_core.evaluation import evaluate_predictions
     from viewneti_core.inference import run_inference
     from viewneti_core.mini_world import NOTE, SIZE
@@ -100,8 +102,6 @@ def run_mini_world_demo(config: ViewNetiConfig, out_dir: Path, scan: int, views:
                               out_dir=out_dir / "predictions", progress=progress)
     table = evaluate_predictions(inference.out_dir, protocols=("viewneti",), lpips_weights="none",
                                  eval_size=EVAL_SIZE, progress=False, views_chosen=True)
-    import pandas as pd
-
     rows = pd.read_parquet(table)
     novel = rows[rows["role"] == "test"]
     seconds = time.perf_counter() - start
@@ -131,13 +131,8 @@ def run_mini_world_demo(config: ViewNetiConfig, out_dir: Path, scan: int, views:
     return DemoResult(out_dir, images, list(inference.grids), summary_path, seconds, summary)
 
 
-def run_random_demo(
-    config: ViewNetiConfig,
-    out_dir: Path,
-    scan: int = 114,
-    views: tuple[int, ...] = (25, 22, 28, 1, 9, 30),
-    progress: bool = True,
-) -> DemoResult:
+def run_random_demo(config: ViewNetiConfig, out_dir: Path, scan: int, views: tuple[int, ...],
+                    progress: bool = True) -> DemoResult:
     """Untrained mappers on the tiny random model: the machinery only, labelled RANDOM WEIGHTS."""
     start = time.perf_counter()
     out_dir = Path(out_dir)

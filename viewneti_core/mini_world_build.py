@@ -300,11 +300,10 @@ def build_mini_world(out: Path | str, options: BuildOptions | None = None, resum
     history = state.get("losses", {})
     if PHASES.index(phase) <= PHASES.index("vae"):
         history["vae"] = _train_vae(work, components, images, options, state["step"] if phase == "vae" else 0, progress)
-        _save_phase(work, "unet", 0, {"vae": components.vae}, None, {"losses": history})
+        _write_json(work / "state.json", _read_state(work) | {"phase": "unet", "step": 0, "losses": history})
         phase, state = "unet", _read_state(work)
     else:
-        components.vae.load_state_dict({k.removeprefix("vae."): v for k, v in
-                                        load_file(str(work / "vae.safetensors")).items() if k.startswith("vae.")})
+        _load_phase(work, "vae", {"vae": components.vae}, None)
     components.vae.eval().requires_grad_(False)
     if PHASES.index(phase) <= PHASES.index("unet"):
         posteriors = _encode_all(components.vae, images)

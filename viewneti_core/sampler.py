@@ -10,20 +10,26 @@ contexts are shared by every seed and batch that uses them (kept until their las
 unconditional context is encoded once per sampler. Every batch of a call has the same shape (requests
 spread evenly over the fewest calls; a ragged last batch is padded with copies of its last request,
 whose images are dropped), so a UNet compiled with `dynamic=False` does not recompile within a call; the VAE decodes `decode_batch_size` images at a time.
+Either size may be "auto": measured on CUDA against free memory, fixed off CUDA (`batch_sizing`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
+from viewneti_core import batch_sizing
 from viewneti_core.conditioning import TextConditioner, tokenize
 from viewneti_core.sd_models import SDComponents
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,9 @@ class SamplerSettings:
     guidance_scale: float = 7.5
     height: int = 576
     width: int = 768
-    batch_size: int = 8  # requests per UNet call (each request is two rows: uncond and cond)
+    batch_size: int | Literal["auto"] = "auto"  # requests per UNet call (each request is two rows: uncond and cond)
     final_sigmas_type: str = "sigma_min"  # the original's last step (diffusers 0.14); "zero" is today's default
-    decode_batch_size: int = 4  # images per VAE decode call
+    decode_batch_size: int | Literal["auto"] = "auto"  # images per VAE decode call
 
     @classmethod
     def from_config(cls, config) -> SamplerSettings:
@@ -84,13 +90,45 @@ class ViewNetiSampler:
         scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
         if settings.height % scale or settings.width % scale:
             raise ValueError(f"height and width must be multiples of {scale}, got {settings.width}x{settings.height}")
-        if settings.num_inference_steps < 1 or settings.batch_size < 1 or settings.decode_batch_size < 1:
-            raise ValueError("num_inference_steps, batch_size and decode_batch_size must be positive")
+        sizes = (settings.num_inference_steps, settings.batch_size, settings.decode_batch_size)
+        if any(size != "auto" and (not isinstance(size, int) or size < 1) for size in sizes):
+            raise ValueError("num_inference_steps, batch_size and decode_batch_size must be positive "
+                             f"(batch sizes may be 'auto'), got {sizes}")
         self.components = components
         self.conditioner = conditioner
         self.settings = settings
         self.latent_shape = (components.unet.config.in_channels, settings.height // scale, settings.width // scale)
         self._uncond: torch.Tensor | None = None  # (1, 77, D) empty-prompt context, encoded on first use
+        self._costs: tuple[batch_sizing.MemoryCost, batch_sizing.MemoryCost] | None = None  # measured once
+
+    def plan(self, n_requests: int) -> batch_sizing.BatchPlan:
+        """Batch sizes for a call of `n_requests`: the settings' numbers, "auto" resolved (module
+        `batch_sizing`: measured against free memory on CUDA, its CPU values elsewhere)."""
+        batch, decode = self.settings.batch_size, self.settings.decode_batch_size
+        device = self.components.device
+        if "auto" not in (batch, decode) or device.type != "cuda":
+            return batch_sizing.BatchPlan(batch_sizing.CPU_BATCH if batch == "auto" else batch,
+                                          batch_sizing.CPU_DECODE_BATCH if decode == "auto" else decode, None)
+        conditioner, unet = self.conditioner, self.components.unet
+        length, width = conditioner.tokenizer.model_max_length, unet.config.cross_attention_dim
+        if self._costs is None:
+            self._costs = (
+                batch_sizing.measure_cost(batch_sizing.unet_probe(unet, self.latent_shape, conditioner.num_layers,
+                                                                  length, width), device),
+                batch_sizing.measure_cost(batch_sizing.decode_probe(self.components.vae, self.latent_shape), device),
+            )
+        context = batch_sizing.context_bytes_per_request(self.settings.num_inference_steps, conditioner.num_layers,
+                                                         length, width, unet.dtype.itemsize)
+        free = batch_sizing.cuda_free_bytes(device)
+        plan = batch_sizing.plan_batches(free, *self._costs, context, n_requests)
+        if batch != "auto":  # fixed UNet batch: only the decode is planned, beside that batch's contexts
+            budget = free * batch_sizing.HEADROOM - batch * context
+            plan = batch_sizing.BatchPlan(batch, self._costs[1].largest(budget, batch), free, *self._costs, context)
+        elif decode != "auto":
+            plan = batch_sizing.BatchPlan(plan.batch_size, decode, free, *self._costs, context)
+        logger.info("batch sizes for %d requests on %s: %d per UNet call, %d per VAE decode (%.1f GiB free)",
+                    n_requests, device, plan.batch_size, plan.decode_batch_size, free / 2**30)
+        return plan
 
     @torch.no_grad()
     def sample(self, requests: Sequence[SampleRequest], progress: bool = True, desc: str = "sampling") -> torch.Tensor:
@@ -99,7 +137,8 @@ class ViewNetiSampler:
             raise ValueError("no sample requests given")
         # Validate every prompt/camera pair before any UNet work.
         self._check_requests(requests)
-        size = batch_shape(len(requests), self.settings.batch_size)  # one shape for every batch of this call
+        plan = self.plan(len(requests))
+        size = batch_shape(len(requests), plan.batch_size)  # one shape for every batch of this call
         batches = [list(requests[i : i + size]) for i in range(0, len(requests), size)]
         steps = self.settings.num_inference_steps
         timesteps = make_dpm_solver(self.components, steps, self.settings.final_sigmas_type).timesteps
@@ -111,7 +150,7 @@ class ViewNetiSampler:
                 padded = batch + [batch[-1]] * (size - len(batch))
                 keys, values = self._contexts(padded, timesteps, cache)
                 latents = self._denoise(padded, keys, values, bar)
-                images.append(self.decode(latents[: len(batch)]))  # padding rows are never decoded
+                images.append(self.decode(latents[: len(batch)], plan.decode_batch_size))  # padding never decoded
                 for pair in [p for p, last in last_use.items() if last == index]:
                     cache.pop(pair, None)  # no later batch needs it
         return torch.cat(images)
@@ -193,9 +232,10 @@ class ViewNetiSampler:
             self._uncond = empty.to(self.components.unet.dtype)
         return self._uncond
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] (float32, CPU), `decode_batch_size` latents per VAE call."""
-        vae, chunk = self.components.vae, self.settings.decode_batch_size
+    def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Images in [0, 1] (float32, CPU), `chunk` latents per VAE call (default: the plan's)."""
+        vae = self.components.vae
+        chunk = chunk or self.plan(len(latents)).decode_batch_size
         out = []
         for part in latents.split(chunk):
             images = vae.decode(part.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]

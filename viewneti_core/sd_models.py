@@ -255,11 +255,12 @@ def load_components(
 ) -> SDComponents:
     """Load tokenizer, text encoder, VAE, UNet and noise scheduler, frozen, on `device` in `dtype`."""
     name = str(name_or_path)
-    if name.removeprefix(BUILTIN_PREFIX) in SHIPPED and name.startswith(BUILTIN_PREFIX):
-        components = _load_diffusers_components(str(shipped_model_dir(name.removeprefix(BUILTIN_PREFIX))), None, dtype)
+    builtin = name.removeprefix(BUILTIN_PREFIX) if name.startswith(BUILTIN_PREFIX) else None
+    if builtin in SHIPPED:
+        components = _load_diffusers_components(str(shipped_model_dir(builtin)), None, dtype)
         components.source = name
-    elif name.startswith(BUILTIN_PREFIX):
-        components = build_components(name.removeprefix(BUILTIN_PREFIX)).to(dtype=dtype)
+    elif builtin is not None:
+        components = build_components(builtin).to(dtype=dtype)
     else:
         components = _load_diffusers_components(name, revision, dtype)
     return components.to(device=device).freeze()
