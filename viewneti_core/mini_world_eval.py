@@ -8,6 +8,12 @@ Variants (all scored by `evaluation.evaluate_predictions`, the code that scores 
 - `nearest-view`: the input view whose camera centre is nearest, copied;
 - `mean-image`: the mean of the input views.
 Metrics are compared at the world's own 48x64 (the protocol's 300x400 would only upsample).
+
+Next to the DTU protocol's masked PSNR, every row also gets the whole-image PSNR of its render
+against its own camera's ground truth (`psnr_image`) and against the ground truth of the test view
+in the mirrored position of the test-view list (`psnr_image_reversed`): their gap says whether the
+camera decides what is drawn (view control), which the masked score of an object region the model
+draws wrongly hides.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from viewneti_core import dtu, mini_world
 from viewneti_core.config import ViewNetiConfig
 from viewneti_core.evaluation import evaluate_predictions
 from viewneti_core.images import load_image
-from viewneti_core.inference import run_inference, write_predictions
+from viewneti_core.inference import read_predictions, run_inference, write_predictions
+from viewneti_core.metrics import mse_to_psnr
 from viewneti_core.synthetic import make_synthetic_dtu
 
 logger = logging.getLogger(__name__)
@@ -125,6 +132,24 @@ def baseline_predictions(variant: str, root: Path, scan: int, n_views: int, seed
     return write_predictions(out, images, meta)
 
 
+def view_control_columns(frame: pd.DataFrame, pred_dir: Path, root: Path, scan: int) -> pd.DataFrame:
+    """Add `psnr_image` (whole image vs its own camera's truth) and `psnr_image_reversed` (vs the
+    truth of the test view mirrored in the test-view list) to the rows of `frame` (one per seed, cam)."""
+    _, images = read_predictions(pred_dir)
+    cams = sorted({cam for _, cam in images})
+    mirrored = dict(zip(cams, cams[::-1], strict=True))
+    truths = {cam: torch.from_numpy(np.array(load_image(root / dtu.image_relpath(scan, cam), "RGB")))
+              .permute(2, 0, 1).float() / 255 for cam in cams}
+
+    def psnr(seed: int, cam: int, truth_cam: int) -> float:
+        return float(mse_to_psnr(((images[(seed, cam)] - truths[truth_cam]) ** 2).mean()))
+
+    frame = frame.copy()
+    frame["psnr_image"] = [psnr(s, c, c) for s, c in zip(frame["seed"], frame["cam"], strict=True)]
+    frame["psnr_image_reversed"] = [psnr(s, c, mirrored[c]) for s, c in zip(frame["seed"], frame["cam"], strict=True)]
+    return frame
+
+
 def run_variant(variant: str, scan: int, n_views: int, root: Path, work: Path, settings: FitSettings) -> pd.DataFrame:
     """Fit (if learned), render the test views over seeds, score; one row per (seed, view)."""
     from viewneti_core.training import train
@@ -141,7 +166,7 @@ def run_variant(variant: str, scan: int, n_views: int, root: Path, work: Path, s
     table = evaluate_predictions(pred_dir, protocols=("viewneti",), lpips_weights="none", eval_size=EVAL_SIZE,
                                  progress=False, run_name=variant)
     frame = pd.read_parquet(table)
-    frame = frame[frame["role"] == "test"].copy()
+    frame = view_control_columns(frame[frame["role"] == "test"], pred_dir, root, scan)
     frame["variant"] = variant
     return frame
 
@@ -149,11 +174,15 @@ def run_variant(variant: str, scan: int, n_views: int, root: Path, work: Path, s
 def summarize_results(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Per (variant, n_views): mean and std over (scan, seed) of the per-image-set means, as DTU tables do."""
     df = pd.concat(frames, ignore_index=True)
-    per_set = df.groupby(["variant", "n_views", "scan", "seed"], as_index=False)[["psnr", "ssim"]].mean()
+    metrics = ["psnr", "ssim", "psnr_image", "psnr_image_reversed"]
+    per_set = df.groupby(["variant", "n_views", "scan", "seed"], as_index=False)[metrics].mean()
+    per_set["view_gap"] = per_set["psnr_image"] - per_set["psnr_image_reversed"]
     table = per_set.groupby(["variant", "n_views"]).agg(
         psnr_mean=("psnr", "mean"), psnr_std=("psnr", "std"), ssim_mean=("ssim", "mean"), ssim_std=("ssim", "std"),
+        image_psnr_mean=("psnr_image", "mean"), image_psnr_std=("psnr_image", "std"),
+        view_gap_mean=("view_gap", "mean"), view_gap_std=("view_gap", "std"),
         sets=("psnr", "size")).reset_index()
-    order = {v: i for i, v in enumerate(VARIANTS)}
+    order = {v: i for i, v in enumerate(("pretraining-token", *VARIANTS))}
     return table.sort_values(["n_views", "variant"], key=lambda c: c.map(order) if c.name == "variant" else c)
 
 
@@ -172,4 +201,54 @@ def run_results(out: Path, scans: list[int], n_views: list[int], settings: FitSe
     table.to_csv(out / "results.csv", index=False)
     (out / "settings.json").write_text(json.dumps({"scans": scans, "n_views": n_views} | settings.__dict__, indent=1,
                                                   default=list) + "\n")
+    return table
+
+
+def pretraining_ceiling(out: Path, scans: list[int], settings: FitSettings) -> pd.DataFrame:
+    """The same scores for scenes the world's view mapper PRETRAINED on, rendered at the DTU test
+    views with their own mode-3 tokens (learned from every view, no new fit), next to the copy
+    baselines of their 3 input views: how close the base model's samples get when nothing is held
+    out. (Pretraining scans have no masks, so the DTU columns score the whole image.)"""
+    from viewneti_core.checkpoints import load_checkpoint_mappers, read_checkpoint_info
+    from viewneti_core.conditioning import VIEW_MAPPER_KEY
+    from viewneti_core.inference import view_prompt
+    from viewneti_core.model import build_model
+    from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
+    from viewneti_core.sd_models import SHIPPED, load_components
+
+    out = Path(out)
+    root = ensure_world_tree(out / "dtu", scans)
+    checkpoint = SHIPPED["mini-world"].parent / "view-mapper"
+    config = ViewNetiConfig.model_validate(read_checkpoint_info(checkpoint)["config"])
+    mappers = load_checkpoint_mappers(checkpoint)
+    model = build_model(config, load_components(MODEL), view_mapper=mappers.pop(VIEW_MAPPER_KEY),
+                        object_mappers=mappers)
+    width, height = mini_world.SIZE
+    sampler = ViewNetiSampler(model.components, model.conditioner, SamplerSettings(
+        settings.denoising_steps, settings.guidance_scale, height, width))
+    cameras = dtu.load_cameras(root)
+    frames = []
+    for scan in scans:
+        prompt = view_prompt(config, f"<scan{scan}>")
+        keys = [(seed, cam) for cam in dtu.TEST_VIEWS for seed in settings.seeds]
+        images = sampler.sample([SampleRequest.with_camera(prompt, s, cameras[c]) for s, c in keys], progress=False)
+        for variant in ("pretraining-token", *BASELINES):
+            pred_dir = out / "predictions" / f"{variant}-scan{scan}"
+            if variant in BASELINES:
+                baseline_predictions(variant, root, scan, 3, settings.seeds, pred_dir)
+            else:
+                write_predictions(pred_dir, dict(zip(keys, images, strict=True)), {
+                    "run_dir": str(checkpoint), "step": 0, "learnable_mode": 3, "scan": scan,
+                    "object_token": f"<scan{scan}>", "n_views": 3, "train_cams": list(dtu.train_views(3)),
+                    "seeds": list(settings.seeds), "cams": list(dtu.TEST_VIEWS), "base_model": MODEL,
+                    "weights": "mini-world", "light": dtu.DEFAULT_LIGHT, "data_root": str(root),
+                    "size": list(mini_world.SIZE)})
+            table = evaluate_predictions(pred_dir, protocols=("viewneti",), lpips_weights="none", eval_size=EVAL_SIZE,
+                                         progress=False, run_name=variant)
+            frame = pd.read_parquet(table)
+            frame = view_control_columns(frame[frame["role"] == "test"], pred_dir, root, scan)
+            frame["variant"] = variant
+            frames.append(frame)
+    table = summarize_results(frames)
+    table.to_csv(out / "pretraining_ceiling.csv", index=False)
     return table
