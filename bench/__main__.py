@@ -31,7 +31,7 @@ from bench.common import (
     write_json_atomic,
 )
 from bench.setup import DTYPE_NAMES, DTYPES
-from viewneti_core.acceleration import COMPILE_MODES, AccelerationOptions, compile_cache_dir
+from viewneti_core.method.acceleration import COMPILE_MODES, AccelerationOptions, compile_cache_dir
 
 
 def _batch(text: str) -> int | str:

@@ -1,5 +1,5 @@
 """Training throughput: optimizer steps per second of mode 5 (per-scene fitting) and mode 3
-(pretraining), for our path (`viewneti_core.training.diffusion_loss`, exactly what `train()` runs)
+(pretraining), for our path (`viewneti_core.training.trainer.diffusion_loss`, exactly what `train()` runs)
 and for the reference-style path (per-layer encoder calls, fp32).
 
 What one optimizer step is here: `accumulation` micro-batches of `batch` images, each
@@ -26,8 +26,8 @@ from bench.common import count_flops, peak_memory, reset_peak_memory, synchroniz
 from bench.reference_path import reference_diffusion_loss
 from bench.setup import DTYPES, build_bench_model
 from bench.train_loop import run_train_loop
-from viewneti_core import dtu
-from viewneti_core.training import MapperForward, diffusion_loss
+from viewneti_core.data import dtu
+from viewneti_core.training.trainer import MapperForward, diffusion_loss
 
 PROJECTED_STEPS = {5: 3000, 3: 50_000}
 

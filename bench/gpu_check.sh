@@ -26,9 +26,9 @@ timeout 80 "$PY" - "$OUT" <<'EOF'
 import json, math, pathlib, sys, time
 import torch
 from bench.setup import PROMPT, build_bench_model
-from viewneti_core import dtu
-from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
-from viewneti_core.acceleration import AccelerationOptions
+from viewneti_core.data import dtu
+from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
+from viewneti_core.method.acceleration import AccelerationOptions
 from viewneti_core.config import ViewNetiConfig
 
 settings = SamplerSettings(num_inference_steps=30, height=576, width=768, batch_size=2)

@@ -19,8 +19,8 @@ import logging
 import time
 from pathlib import Path
 
-from viewneti_core import dtu
-from viewneti_core.mini_world_eval import VARIANTS, FitSettings, pretraining_ceiling, run_results
+from viewneti_core.data import dtu
+from viewneti_core.mini_world.evaluate import VARIANTS, FitSettings, pretraining_ceiling, run_results
 
 
 def _ints(text: str) -> list[int]:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("viewneti_core.training", "viewneti_core.sd_models", "viewneti_core.evaluation"):
+    for name in ("viewneti_core.training.trainer", "viewneti_core.base_model.sd_models", "viewneti_core.evaluation.scoring"):
         logging.getLogger(name).setLevel(logging.WARNING)
     settings = FitSettings(steps=args.steps, seeds=tuple(args.seeds), denoising_steps=args.denoising_steps,
                            guidance_scale=args.guidance_scale)

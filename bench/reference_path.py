@@ -23,10 +23,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from viewneti_core.conditioning import TextConditioner, tokenize
-from viewneti_core.sampler import SampleRequest, SamplerSettings, initial_latents, make_dpm_solver
-from viewneti_core.sd_models import SDComponents
-from viewneti_core.xti_attention import cross_attention_layer_names
+from viewneti_core.base_model.sd_models import SDComponents
+from viewneti_core.method.conditioning import TextConditioner, tokenize
+from viewneti_core.method.sampler import SampleRequest, SamplerSettings, initial_latents, make_dpm_solver
+from viewneti_core.method.xti_attention import cross_attention_layer_names
 
 
 class ExplicitSoftmaxAttention:
@@ -200,7 +200,7 @@ def reference_diffusion_loss(
 ) -> torch.Tensor:
     """The training loss computed the original way: VAE re-encode, then 16 encoder calls (one per
     layer, each holding the micro-batch), one UNet call. Random numbers are drawn in the same order
-    as `viewneti_core.training.diffusion_loss`, so with the same RNG state the loss is the same."""
+    as `viewneti_core.training.trainer.diffusion_loss`, so with the same RNG state the loss is the same."""
     scheduler, unet, vae = components.scheduler, components.unet, components.vae
     latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
     noise = torch.randn_like(latents)

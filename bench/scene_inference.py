@@ -14,9 +14,9 @@ import torch
 from bench.common import count_flops, peak_memory, reset_peak_memory, synchronize, tflops, timed
 from bench.reference_path import ReferenceStyleSampler, use_reference_attention
 from bench.setup import DTYPES, PROMPT, build_bench_model
-from viewneti_core import dtu
+from viewneti_core.data import dtu
 from viewneti_core.inference import sample_view_major
-from viewneti_core.sampler import (
+from viewneti_core.method.sampler import (
     SampleRequest,
     SamplerSettings,
     ViewNetiSampler,
@@ -175,7 +175,7 @@ def run_infer_command(args, device, dtype) -> dict:
     a 1-step mode-5 fit (vanishing learning rate) on a synthetic scene; only the inference is timed."""
     from bench.train_loop import prepare_train_run
     from viewneti_core.inference import run_inference
-    from viewneti_core.training import train
+    from viewneti_core.training.trainer import train
 
     width, height = args.size
     fit_args = copy.copy(args)  # the one fitting step: on the scene's image size, one image

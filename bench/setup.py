@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from viewneti_core import dtu
-from viewneti_core.acceleration import AccelerationOptions, AccelerationReport, apply_acceleration
-from viewneti_core.cameras import CameraNormalization
+from viewneti_core.base_model.sd_models import build_components
 from viewneti_core.config import ViewNetiConfig
-from viewneti_core.model import ViewNetiModel, build_model
-from viewneti_core.sd_models import build_components
-from viewneti_core.synthetic import synthetic_cameras
+from viewneti_core.data import dtu
+from viewneti_core.data.cameras import CameraNormalization
+from viewneti_core.data.synthetic import synthetic_cameras
+from viewneti_core.method.acceleration import AccelerationOptions, AccelerationReport, apply_acceleration
+from viewneti_core.method.model import ViewNetiModel, build_model
 
 PROMPT = "<view>. A photo of a <object>"
 OBJECT_TOKEN = "<object>"

@@ -1,4 +1,4 @@
-"""The real training loop, timed: `viewneti_core.training.train()` on a synthetic DTU scene, with
+"""The real training loop, timed: `viewneti_core.training.trainer.train()` on a synthetic DTU scene, with
 accelerate, the DataLoader (workers and pinned memory as configured), augmentation, the device-side
 loss accumulation, the acceleration knobs `train()` applies and the final checkpoint write, timed
 through its `on_step_end` callback. This is what `viewneti train` and the pipeline run; the
@@ -15,11 +15,11 @@ import torch
 
 from bench.common import peak_memory, reset_peak_memory, synchronize
 from bench.setup import build_bench_model
-from viewneti_core import dtu
 from viewneti_core.config import ViewNetiConfig
-from viewneti_core.mappers import save_mapper
-from viewneti_core.synthetic import make_synthetic_dtu
-from viewneti_core.training import train
+from viewneti_core.data import dtu
+from viewneti_core.data.synthetic import make_synthetic_dtu
+from viewneti_core.method.mappers import save_mapper
+from viewneti_core.training.trainer import train
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 

@@ -6,8 +6,8 @@ import json
 
 from prefect import flow, get_run_logger
 
-from flows.common import stage_run_name
 from flows.params import BenchmarkConfig
+from flows.stages import stage_run_name
 from tasks.evaluation import ITEM_RECORD
 from tasks.reporting import aggregate_task, publish_report
 

@@ -15,7 +15,9 @@ from prefect import flow, get_run_logger
 
 from flows.aggregate import aggregate_and_report
 from flows.cluster import gpu_task_runner, use_configured_cluster
-from flows.common import (
+from flows.params import BenchmarkConfig, load_benchmark_config
+from flows.prepare import prepare_dtu_flow
+from flows.stages import (
     BenchmarkItemsFailed,
     benchmark_run_name,
     obtain_view_mapper,
@@ -23,8 +25,6 @@ from flows.common import (
     progress_key,
     run_items,
 )
-from flows.params import BenchmarkConfig, load_benchmark_config
-from flows.prepare import prepare_dtu_flow
 
 
 @flow(name="dtu-benchmark", flow_run_name=benchmark_run_name, task_runner=gpu_task_runner(),

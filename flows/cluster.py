@@ -54,13 +54,13 @@ def local_gpu_slots() -> int:
 
 
 def ensure_gpu_limit(slots: int) -> int:
-    """Create the Prefect global concurrency limit that every GPU task holds a slot of (tasks.common.gpu_slot)
+    """Create the Prefect global concurrency limit that every GPU task holds a slot of (tasks.runtime.gpu_slot)
     with `slots` slots, unless it exists (then its slots are an operator's choice and are kept). Returns them."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    from tasks.common import GPU_LIMIT
+    from tasks.runtime import GPU_LIMIT
 
     with get_client(sync_client=True) as client:
         try:

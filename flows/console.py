@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-OWN_PACKAGES = ("viewneti_core.", "flows.", "tasks.")
+OWN_PACKAGES = ("viewneti_core.", "viewneti_cli.", "flows.", "tasks.")
 
 
 def is_own_error(exc: BaseException | None) -> bool:

@@ -25,10 +25,10 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.common import item_name, parse_item_name  # noqa: F401 - re-exported for flows
-from viewneti_core import dtu
+from tasks.runtime import item_name, parse_item_name  # noqa: F401 - re-exported for flows
+from viewneti_core.base_model.model_names import looks_local
 from viewneti_core.config import ConfigError, ViewNetiConfig, deep_merge, parse_overrides, read_yaml
-from viewneti_core.model_names import looks_local
+from viewneti_core.data import dtu
 
 NViews = Literal[1, 3, 6, 9]
 

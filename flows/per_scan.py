@@ -11,7 +11,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cluster import gpu_task_runner, use_configured_cluster
-from flows.common import (
+from flows.params import BenchmarkConfig, NViews, item_name
+from flows.stages import (
     BenchmarkItemsFailed,
     existing_view_mapper,
     per_scan_run_name,
@@ -19,7 +20,6 @@ from flows.common import (
     prepare_data,
     run_items,
 )
-from flows.params import BenchmarkConfig, NViews, item_name
 from tasks.reporting import artifact_key, report_markdown
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import prepare_data, stage_run_name
 from flows.params import BenchmarkConfig
+from flows.stages import prepare_data, stage_run_name
 
 
 @flow(name="prepare-dtu", flow_run_name=stage_run_name("prepare"), validate_parameters=True)

@@ -12,9 +12,9 @@ from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
 from flows.cluster import gpu_task_runner, use_configured_cluster
-from flows.common import obtain_view_mapper, preflight, prepare_data, stage_run_name
 from flows.params import BenchmarkConfig
-from tasks.common import write_json_atomic
+from flows.stages import obtain_view_mapper, preflight, prepare_data, stage_run_name
+from tasks.runtime import write_json_atomic
 
 VIEW_MAPPER_READY = "viewneti.view-mapper.ready"
 CONFIG_FILE = "benchmark-config.json"

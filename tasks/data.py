@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import ledger_entry, retry_transient, run_logger
+from tasks.runtime import ledger_entry, retry_transient, run_logger
 
 
 @task(name="prepare-dtu-data", retry_condition_fn=retry_transient, cache_policy=NO_CACHE, persist_result=False)
@@ -22,7 +22,7 @@ def prepare_dtu_task(
 ) -> dict:
     """Not cached: prepare_dtu is itself idempotent (a tree stamped with the same inputs is verified
     and left alone), and re-checking the tree is what catches files deleted since the last run."""
-    from viewneti_core.prepare import prepare_dtu
+    from viewneti_core.data.prepare import prepare_dtu
 
     logger = run_logger()
     logger.info("preparing %d scan(s) from %d source(s) into %s", len(scans), len(sources), out_dir)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.common import (
+from tasks.fault_drills import maybe_inject_failure
+from tasks.runtime import (
     gpu_slot,
     ledger_entry,
-    maybe_inject_failure,
     retry_transient,
     run_logger,
     write_json_atomic,
@@ -33,8 +33,8 @@ def evaluate_task(
 ) -> dict:
     import pandas as pd
 
-    from viewneti_core.evaluation import evaluate_predictions
-    from viewneti_core.sd_models import resolve_device
+    from viewneti_core.base_model.sd_models import resolve_device
+    from viewneti_core.evaluation.scoring import evaluate_predictions
 
     logger = run_logger()
     with gpu_slot(), ledger_entry(Path(ledger_dir), "evaluate", item):

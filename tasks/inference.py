@@ -6,7 +6,8 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.common import gpu_slot, ledger_entry, maybe_inject_failure, retry_transient, run_logger
+from tasks.fault_drills import maybe_inject_failure
+from tasks.runtime import gpu_slot, ledger_entry, retry_transient, run_logger
 
 
 @task(name="render-views", retry_condition_fn=retry_transient, task_run_name="infer-{item}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import run_logger
+from tasks.runtime import run_logger
 
 
 @task(name="preflight", cache_policy=NO_CACHE, persist_result=False)

@@ -1,6 +1,6 @@
 """Aggregation and the UI: Parquet tables, the paper-style report, and Prefect artifacts.
 
-The numbers come from viewneti_core.summary; this module only gathers files and renders them for the
+The numbers come from viewneti_core.evaluation.summary; this module only gathers files and renders them for the
 Prefect UI (progress, table and markdown artifacts).
 """
 
@@ -20,8 +20,8 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import ledger_entry, parse_item_name, run_logger, write_json_atomic
-from viewneti_core.sd_models import weights_note
+from tasks.runtime import ledger_entry, parse_item_name, run_logger, write_json_atomic
+from viewneti_core.base_model.sd_models import weights_note
 
 ALL_ROWS_FILE = "metrics_all.parquet"
 RANDOM_NOTE = ("**RANDOM WEIGHTS — NOT BENCHMARK QUALITY.** These numbers come from a randomly initialised "
@@ -42,8 +42,8 @@ def aggregate_task(metrics_paths: list[str], report_dir: str, name: str, ledger_
     """
     import pyarrow as pa
 
-    from viewneti_core.evaluation import write_parquet_atomic
-    from viewneti_core.summary import load_tables, summarize
+    from viewneti_core.evaluation.scoring import write_parquet_atomic
+    from viewneti_core.evaluation.summary import load_tables, summarize
 
     logger = run_logger()
     if not metrics_paths:

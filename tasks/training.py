@@ -2,7 +2,7 @@
 
 Both resume from the run's last checkpoint when one exists (a crashed or preempted attempt loses at
 most `log.save_steps` steps) and start over only when the checkpoint cannot be continued under the new
-configuration: the rule of `viewneti train --resume` (`viewneti_core.checkpoints.resume_problems`).
+configuration: the rule of `viewneti train --resume` (`viewneti_core.training.checkpoints.resume_problems`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.common import (
+from tasks.fault_drills import maybe_inject_failure
+from tasks.runtime import (
     fingerprint_files,
     gpu_slot,
     ledger_entry,
-    maybe_inject_failure,
     retry_transient,
     run_logger,
 )
@@ -24,8 +24,8 @@ from viewneti_core.config import ViewNetiConfig
 
 def _resume_mode(config: ViewNetiConfig, logger) -> tuple[ViewNetiConfig, str | None]:
     """('latest', same config) to continue a compatible run, else (config with overwrite_ok, None)."""
-    from viewneti_core.checkpoints import list_checkpoints, resume_problems
-    from viewneti_core.training import run_dir_of
+    from viewneti_core.training.checkpoints import list_checkpoints, resume_problems
+    from viewneti_core.training.trainer import run_dir_of
 
     run_dir = run_dir_of(config)
     checkpoints = list_checkpoints(run_dir)
@@ -116,8 +116,8 @@ def _step_hook(logger, total: int, item: str, ledger_dir: Path, progress: Traini
 def _train(config: ViewNetiConfig, logger, item: str, ledger_dir: Path, ledger: dict,
            progress_key: str | None = None) -> dict:
     """`progress_key`: also show the steps, loss and ETA as a progress artifact of that key."""
-    from viewneti_core.checkpoints import list_checkpoints
-    from viewneti_core.training import METRICS_FILE, run_dir_of, train
+    from viewneti_core.training.checkpoints import list_checkpoints
+    from viewneti_core.training.trainer import METRICS_FILE, run_dir_of, train
 
     config, resume = _resume_mode(config, logger)
     start = 0
@@ -136,8 +136,8 @@ def _train(config: ViewNetiConfig, logger, item: str, ledger_dir: Path, ledger: 
 
 def view_mapper_fingerprint(checkpoint: Path) -> str:
     """Content hash of a checkpoint's view mapper: part of the cache key of everything fitted on it."""
-    from viewneti_core.checkpoints import read_checkpoint_info
-    from viewneti_core.conditioning import VIEW_MAPPER_KEY
+    from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
+    from viewneti_core.training.checkpoints import read_checkpoint_info
 
     stem = Path(checkpoint) / read_checkpoint_info(checkpoint)["mappers"][VIEW_MAPPER_KEY]
     return fingerprint_files(sorted(stem.parent.glob(stem.name + ".*")))
@@ -162,7 +162,7 @@ def pretrain_task(config: ViewNetiConfig, name: str, ledger_dir: str, progress_k
 @task(name="resolve-view-mapper", retry_condition_fn=retry_transient)
 def resolve_view_mapper_task(spec: str) -> dict:
     """A given pretrained view mapper (registry name, run dir or checkpoint dir) as a record."""
-    from viewneti_core.view_mapper_registry import resolve_view_mapper_path
+    from viewneti_core.training.view_mapper_registry import resolve_view_mapper_path
 
     stem = resolve_view_mapper_path(spec)
     checkpoint = stem.parent.parent if (stem.parent.parent / "checkpoint.json").is_file() else None

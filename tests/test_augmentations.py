@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from viewneti_core.augmentations import AUGMENTATION_PRESETS, build_augmentation
+from viewneti_core.data.augmentations import AUGMENTATION_PRESETS, build_augmentation
 
 H, W = 96, 128  # 4:3 like DTU's 384x512, small enough to be quick
 DRAWS = 40

@@ -8,10 +8,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from viewneti_core import batch_sizing
-from viewneti_core.batch_sizing import MemoryCost, context_bytes_per_request, plan_batches
 from viewneti_core.config import ViewNetiConfig
-from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler, make_dpm_solver
+from viewneti_core.method import batch_sizing
+from viewneti_core.method.batch_sizing import MemoryCost, context_bytes_per_request, plan_batches
+from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler, make_dpm_solver
 
 PROMPT = "<view>. A photo of a <object>"
 GIB = 2**30

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from viewneti_core.cli import main
+from viewneti_cli.viewneti import main
 
 TINY = ["--model", "tiny", "--device", "cpu", "--dtype", "fp32", "--no-warmup", "--threads", "1"]
 

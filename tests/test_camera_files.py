@@ -11,21 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from viewneti_core.camera_files import (
+from viewneti_core.data.camera_files import (
     CAMERAS_JSON,
     CameraFileError,
     load_camera_folder,
     projection_from_pose,
     spherical_from_projection,
 )
-from viewneti_core.cameras import (
+from viewneti_core.data.cameras import (
     CameraNormalization,
     decompose_projection,
     intrinsics_for_size,
     look_at_extrinsics,
     spherical_to_center,
 )
-from viewneti_core.synthetic import synthetic_cameras
+from viewneti_core.data.synthetic import synthetic_cameras
 
 K = np.array([[300.0, 0.0, 80.0], [0.0, 310.0, 60.0], [0.0, 0.0, 1.0]])
 K_DICT = {"fx": 300.0, "fy": 310.0, "cx": 80.0, "cy": 60.0}

@@ -10,7 +10,9 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from viewneti_core import atomic_files
-from viewneti_core.checkpoints import (
+from viewneti_core.config import ViewNetiConfig
+from viewneti_core.method.mappers import build_mapper
+from viewneti_core.training.checkpoints import (
     TrainingState,
     config_differences,
     list_checkpoints,
@@ -20,8 +22,6 @@ from viewneti_core.checkpoints import (
     resume_problems,
     save_checkpoint,
 )
-from viewneti_core.config import ViewNetiConfig
-from viewneti_core.mappers import build_mapper
 
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")  # pickle protocols, torch zip
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from viewneti_core.conditioning import causal_mask, text_model_of, tokenize
 from viewneti_core.errors import PromptError
+from viewneti_core.method.conditioning import causal_mask, text_model_of, tokenize
 
 PROMPT = "<view>. A photo of a <object>"
 

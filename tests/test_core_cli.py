@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from viewneti_core import dtu
-from viewneti_core.checkpoints import list_checkpoints, load_checkpoint_mappers
-from viewneti_core.cli import main as cli_main
+from viewneti_cli.viewneti import main as cli_main
+from viewneti_core.data import dtu
 from viewneti_core.inference import read_predictions
+from viewneti_core.training.checkpoints import list_checkpoints, load_checkpoint_mappers
 
 # ---- train --resume ---------------------------------------------------------------------------------
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from viewneti_core import dtu
-from viewneti_core.cameras import CameraNormalization
-from viewneti_core.conditioning import add_placeholder_tokens, tokenize
+from viewneti_core.base_model.sd_models import build_byte_level_tokenizer
 from viewneti_core.config import ViewNetiConfig
-from viewneti_core.datasets import (
+from viewneti_core.data import dtu
+from viewneti_core.data.cameras import CameraNormalization
+from viewneti_core.data.datasets import (
     IMAGENET_SMALL_TEMPLATES,
     DTUMultiSceneDataset,
     DTUSceneDataset,
@@ -23,8 +23,8 @@ from viewneti_core.datasets import (
     SingleSceneBatchSampler,
     dtu_camera_normalization,
 )
-from viewneti_core.sd_models import build_byte_level_tokenizer
-from viewneti_core.training_data import build_training_data
+from viewneti_core.method.conditioning import add_placeholder_tokens, tokenize
+from viewneti_core.training.batches import build_training_data
 
 # ---- splits and subsets ------------------------------------------------------------------------
 
@@ -208,9 +208,9 @@ def test_missing_scan_names_the_fix(synthetic_dtu_root):
 
 def test_a_broken_image_is_named_wherever_images_are_loaded(synthetic_dtu_root, tmp_path):
     """Datasets, evaluation ground truth and masks: a truncated PNG raises an error naming its file."""
+    from viewneti_core.evaluation.metrics import load_ground_truth, load_mask
     from viewneti_core.images import ImageDecodeError
     from viewneti_core.inference import dtu_ground_truth
-    from viewneti_core.metrics import load_ground_truth, load_mask
 
     root = tmp_path / "dtu"
     shutil.copytree(synthetic_dtu_root / "Calibration", root / "Calibration")

@@ -26,7 +26,7 @@ def _run(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: f
 def test_core_demo_fits_a_held_out_mini_world_scene(tmp_path):
     """The default `viewneti demo`: mode 5 on held-out scan 114 of the mini world, labelled as such."""
     out = tmp_path / "demo"
-    done = _run("viewneti_core.cli", "demo", "--out", str(out), "--eval.seeds", "[0]", cwd=tmp_path)
+    done = _run("viewneti_cli.viewneti", "demo", "--out", str(out), "--eval.seeds", "[0]", cwd=tmp_path)
     text = done.stdout + done.stderr
     assert done.returncode == 0, text
     summary = json.loads((out / "summary.json").read_text())
@@ -42,7 +42,7 @@ def test_core_demo_fits_a_held_out_mini_world_scene(tmp_path):
 
 def test_core_demo_on_the_tiny_random_model_says_so(tmp_path):
     out = tmp_path / "demo"
-    done = _run("viewneti_core.cli", "demo", "--out", str(out), "--eval.seeds", "[0]",
+    done = _run("viewneti_cli.viewneti", "demo", "--out", str(out), "--eval.seeds", "[0]",
                 "--model.pretrained_model_name_or_path", "builtin:tiny", "--eval.width", "128", "--eval.height", "96",
                 cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -60,7 +60,7 @@ def test_pipeline_demo_runs_the_benchmark_and_prints_where_everything_is(prefect
     which it must reuse rather than start a second one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}  # as on a fresh shell
     out = tmp_path / "pipeline-demo"
-    done = _run("flows.cli", "demo", "--out", str(out), "--home", str(prefect_server.home),
+    done = _run("viewneti_cli.pipeline", "demo", "--out", str(out), "--home", str(prefect_server.home),
                 "--port", str(prefect_server.port), cwd=tmp_path, env=env)
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-4000:]

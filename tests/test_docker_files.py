@@ -75,5 +75,5 @@ def test_image_runs_as_an_unprivileged_user_with_the_pinned_torch():
     assert users and users[-1] not in {"root", "0"}
     pyproject = (DOCKER.parent / "pyproject.toml").read_text()
     assert '"torch==2.14.1"' in pyproject and '"torchvision==0.29.1"' in pyproject
-    for path in ("viewneti_core", "tasks", "flows", "deployments", "configs"):
+    for path in ("viewneti_core", "viewneti_cli", "tasks", "flows", "deployments", "configs"):
         assert re.search(rf"^COPY {path} ", dockerfile, flags=re.MULTILINE), f"the image lacks {path}/"

@@ -12,8 +12,8 @@ from collections import namedtuple
 import pytest
 from fixtures.http_server import RangeServer
 
-from viewneti_core import download as dl
-from viewneti_core.archives import InsufficientSpaceError
+from viewneti_core.data import download as dl
+from viewneti_core.data.archives import InsufficientSpaceError
 
 
 def _zip_bytes(payload: bytes) -> bytes:
@@ -266,7 +266,7 @@ def _closed_port() -> int:
 def test_unreachable_host_is_permanent_after_two_quick_tries(tmp_path, kind):
     import time
 
-    from tasks.common import PERMANENT_ERRORS
+    from tasks.runtime import PERMANENT_ERRORS
 
     url = (f"http://127.0.0.1:{_closed_port()}/Rectified.zip" if kind == "refused"
            else "http://nonexistent.invalid/Rectified.zip")

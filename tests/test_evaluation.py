@@ -17,12 +17,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from skimage.metrics import structural_similarity
 
-from viewneti_core import dtu
-from viewneti_core.cli import main
-from viewneti_core.evaluation import ROW_SCHEMA, evaluate_predictions
+from viewneti_cli.viewneti import main
+from viewneti_core.data import dtu
+from viewneti_core.evaluation.metrics import LPIPS, MissingWeightsError, apply_background
+from viewneti_core.evaluation.scoring import ROW_SCHEMA, evaluate_predictions
+from viewneti_core.evaluation.summary import summarize
 from viewneti_core.inference import PREDICTIONS_FILE, write_predictions
-from viewneti_core.metrics import LPIPS, MissingWeightsError, apply_background
-from viewneti_core.summary import summarize
 
 LIGHT = 3
 SMALL = (48, 64)  # eval size for tests that only check view selection / bookkeeping (protocol: 300x400)
@@ -164,7 +164,7 @@ def test_lpips_column_with_a_labelled_random_backbone(synthetic_dtu_root, tmp_pa
     df = pd.read_parquet(out)
     assert set(df["lpips_backbone"]) == {"random"} and df["lpips"].notna().all() and (df["lpips"] > 0).all()
     # recompute the regnerf row of cam 1: white background, images scaled to [-1, 1]
-    from viewneti_core.metrics import load_ground_truth, load_mask, resize_bicubic_uint8
+    from viewneti_core.evaluation.metrics import load_ground_truth, load_mask, resize_bicubic_uint8
 
     gt = resize_bicubic_uint8(load_ground_truth(synthetic_dtu_root / dtu.image_relpath(21, 1, LIGHT))[None],
                               SMALL).float() / 255

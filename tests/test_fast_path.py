@@ -12,19 +12,19 @@ from bench.reference_path import (
     reference_diffusion_loss,
     use_reference_attention,
 )
-from viewneti_core.acceleration import (
+from viewneti_core.base_model.sd_models import load_components
+from viewneti_core.config import ViewNetiConfig
+from viewneti_core.method.acceleration import (
     AccelerationOptions,
     FusedSelfAttnProcessor,
     apply_acceleration,
     compile_available,
     xti_layer_indices,
 )
-from viewneti_core.config import ViewNetiConfig
-from viewneti_core.model import build_model
-from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
-from viewneti_core.sd_models import load_components
-from viewneti_core.training import MapperForward, diffusion_loss
-from viewneti_core.xti_attention import XTICrossAttnProcessor
+from viewneti_core.method.model import build_model
+from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
+from viewneti_core.method.xti_attention import XTICrossAttnProcessor
+from viewneti_core.training.trainer import MapperForward, diffusion_loss
 
 PROMPT = "<view>. A photo of a <object>"
 SETTINGS = SamplerSettings(num_inference_steps=3, height=48, width=64, batch_size=4)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from viewneti_core import dtu
-from viewneti_core.cli import main as cli_main
+from viewneti_cli.viewneti import main as cli_main
+from viewneti_core.data import dtu
 from viewneti_core.errors import PromptError
 from viewneti_core.inference import load_run, read_predictions, render_cameras, run_generate, run_inference
 

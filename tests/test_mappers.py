@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from viewneti_core.cameras import CameraNormalization, normalize_cameras
-from viewneti_core.mappers import FourierFeatures, build_mapper, load_mapper, save_mapper
+from viewneti_core.data.cameras import CameraNormalization, normalize_cameras
+from viewneti_core.method.mappers import FourierFeatures, build_mapper, load_mapper, save_mapper
 
 
 def test_fourier_matrix_is_seed0_normal_scaled_per_input():

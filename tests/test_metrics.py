@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from viewneti_core import metrics
-from viewneti_core.metrics import (
+from viewneti_core.evaluation import metrics
+from viewneti_core.evaluation.metrics import (
     LPIPS,
     VGG16_FILE,
     VGG16_URL,

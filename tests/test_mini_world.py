@@ -13,20 +13,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from viewneti_core import dtu, mini_world
-from viewneti_core import mini_world_build as build
-from viewneti_core.checkpoints import load_checkpoint_mappers, read_checkpoint_info
-from viewneti_core.conditioning import VIEW_MAPPER_KEY
+from viewneti_core.base_model.sd_models import SHIPPED, load_components
 from viewneti_core.config import ViewNetiConfig
+from viewneti_core.data import dtu
+from viewneti_core.data.synthetic import synthetic_scene
+from viewneti_core.evaluation.metrics import mse_to_psnr
 from viewneti_core.images import load_image
 from viewneti_core.inference import view_prompt
-from viewneti_core.metrics import mse_to_psnr
-from viewneti_core.mini_world_eval import FitSettings, ensure_world_tree, run_variant
-from viewneti_core.model import build_model
-from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
-from viewneti_core.sd_models import SHIPPED, load_components
-from viewneti_core.synthetic import synthetic_scene
-from viewneti_core.view_mapper_registry import resolve_view_mapper_path
+from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
+from viewneti_core.method.model import build_model
+from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
+from viewneti_core.mini_world import build
+from viewneti_core.mini_world import world as mini_world
+from viewneti_core.mini_world.evaluate import FitSettings, ensure_world_tree, run_variant
+from viewneti_core.training.checkpoints import load_checkpoint_mappers, read_checkpoint_info
+from viewneti_core.training.view_mapper_registry import resolve_view_mapper_path
 
 SMALL = dict(vae_steps=4, unet_steps=4, view_mapper_steps=2, checkpoint_every=2, scenes_per_seed=1, pretrain_scans=(3,))
 

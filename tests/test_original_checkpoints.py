@@ -1,4 +1,4 @@
-"""Importing the original ViewNeTI code's checkpoints (viewneti_core/original_checkpoints.py).
+"""Importing the original ViewNeTI code's checkpoints (viewneti_core/training/original_checkpoints.py).
 
 The files are built here with the original's structure: its classes are registered under their
 original module paths so `torch.save` pickles them under those global names, the mapper state_dict
@@ -24,14 +24,14 @@ import torch.nn.functional as F
 from fixtures.runs import make_train_config
 from torch import nn
 
-from viewneti_core.checkpoints import load_checkpoint_mappers, read_checkpoint_info
-from viewneti_core.cli import main as cli_main
+from viewneti_cli.viewneti import main as cli_main
 from viewneti_core.config import ViewNetiConfig
-from viewneti_core.dtu import load_cameras as cams_of
+from viewneti_core.data.dtu import load_cameras as cams_of
 from viewneti_core.inference import read_predictions, run_generate
-from viewneti_core.original_checkpoints import OriginalCheckpointError, import_original
-from viewneti_core.training import train
-from viewneti_core.view_mapper_registry import (
+from viewneti_core.training.checkpoints import load_checkpoint_mappers, read_checkpoint_info
+from viewneti_core.training.original_checkpoints import OriginalCheckpointError, import_original
+from viewneti_core.training.trainer import train
+from viewneti_core.training.view_mapper_registry import (
     DEFAULT_REGISTRY,
     REGISTRY_ENV,
     load_pretrained_view_mapper,

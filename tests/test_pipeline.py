@@ -24,9 +24,10 @@ from fixtures.prefect_server import prefect_server  # noqa: F401 - session fixtu
 
 from flows.local_services import StaticFileServer
 from flows.params import BenchmarkConfig, load_benchmark_config
-from tasks.common import CODE_VERSION_ENV, FAIL_ITEMS_ENV, read_ledger
-from viewneti_core.sd_models import build_components, save_components
-from viewneti_core.synthetic import make_synthetic_dtu, write_archives
+from tasks.fault_drills import FAIL_ITEMS_ENV
+from tasks.runtime import CODE_VERSION_ENV, read_ledger
+from viewneti_core.base_model.sd_models import build_components, save_components
+from viewneti_core.data.synthetic import make_synthetic_dtu, write_archives
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +137,7 @@ def test_missing_model_or_lpips_weights_fail_before_data_preparation(prefect_ser
     """Preflight: the real run downloads ~100 GB and trains for hours before it loads the base model
     for fitting or the LPIPS backbone for evaluation; a missing one must stop it at the start."""
     from flows.benchmark import dtu_benchmark
-    from viewneti_core.metrics import VGG16_FILE
+    from viewneti_core.evaluation.metrics import VGG16_FILE
 
     model = tmp_path / "no-such-model" if missing == "model" else tiny_model
     config = tiny_config(tmp_path / "run", ["http://127.0.0.1:9/none.zip"], model)
@@ -347,7 +348,7 @@ def test_two_concurrent_runs_share_the_gpu_slots(benchmark_run, prefect_server, 
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from tasks.common import GPU_LIMIT
+    from tasks.runtime import GPU_LIMIT
 
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
         client.delete_global_concurrency_limit_by_name(GPU_LIMIT)
@@ -358,7 +359,7 @@ def test_two_concurrent_runs_share_the_gpu_slots(benchmark_run, prefect_server, 
         for name in ("slots-a", "slots-b"):
             config = config_reusing(benchmark_run, tmp_path / name, name=name, test_scans=[21], n_views=[1, 3])
             (tmp_path / f"{name}.json").write_text(json.dumps(config))
-            runs[name] = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(tmp_path / f"{name}.json")],
+            runs[name] = subprocess.Popen([sys.executable, "-m", "viewneti_cli.pipeline", "run", "--config", str(tmp_path / f"{name}.json")],
                                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         outputs = {name: process.communicate(timeout=600)[0] for name, process in runs.items()}
         with get_client(sync_client=True) as client:
@@ -433,7 +434,7 @@ def deployed(prefect_server) -> dict:  # noqa: F811
     """The process work pool and every deployment of deployments/prefect.yaml, registered with the CLI."""
     env = dict(os.environ) | prefect_server.client_env() | {"VIEWNETI_DASK_WORKERS": "1",
                                                             "PREFECT_LOGGING_EXTRA_LOGGERS": "viewneti_core"}
-    deployed = subprocess.run([sys.executable, "-m", "flows.deploy"], cwd=REPO, env=env, capture_output=True,
+    deployed = subprocess.run([sys.executable, "-m", "viewneti_cli.deploy"], cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=240)  # the deploy step: work pool, automation, prefect deploy
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     return env
@@ -480,7 +481,7 @@ def test_killed_deployment_run_ends_crashed(benchmark_run, deployed, tmp_path):
     import psutil
     from prefect.client.orchestration import get_client
 
-    from flows.deploy import HEARTBEAT_S, ZOMBIE_AFTER_S
+    from viewneti_cli.deploy import HEARTBEAT_S, ZOMBIE_AFTER_S
 
     config = config_reusing(benchmark_run, tmp_path / "zombie", name="zombie-bench", test_scans=[21], n_views=[1])
     config["fit"]["optim"]["max_train_steps"] = 100_000  # still training when it is killed

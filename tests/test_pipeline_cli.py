@@ -18,17 +18,17 @@ import yaml
 from fixtures.pipeline import small_benchmark_config
 from fixtures.prefect_server import prefect_server  # noqa: F401 - session fixture
 
-from flows.cli import main as pipeline_main
 from flows.local_services import PrefectServer, free_port, port_in_use
 from flows.params import BenchmarkConfig, load_benchmark_config
-from tasks.common import read_ledger
+from tasks.runtime import read_ledger
+from viewneti_cli.pipeline import main as pipeline_main
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINT = Path(sys.executable).with_name("viewneti-pipeline")  # the installed console script
 
 
 def pipeline(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    command = [str(ENTRY_POINT)] if ENTRY_POINT.is_file() else [sys.executable, "-m", "flows.cli"]
+    command = [str(ENTRY_POINT)] if ENTRY_POINT.is_file() else [sys.executable, "-m", "viewneti_cli.pipeline"]
     return subprocess.run([*command, *args], cwd=cwd, env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
                           capture_output=True, text=True, timeout=timeout)
 
@@ -105,7 +105,7 @@ def test_server_start_status_stop(tmp_path):
 
 
 def _serve_demo_inputs(out: Path) -> tuple[subprocess.Popen, int]:
-    command = [str(ENTRY_POINT)] if ENTRY_POINT.is_file() else [sys.executable, "-m", "flows.cli"]
+    command = [str(ENTRY_POINT)] if ENTRY_POINT.is_file() else [sys.executable, "-m", "viewneti_cli.pipeline"]
     process = subprocess.Popen([*command, "demo-inputs", "--out", str(out), "--archive-port", "0"], cwd=out.parent,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)

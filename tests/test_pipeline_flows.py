@@ -13,7 +13,7 @@ from fixtures.pipeline import small_benchmark_config
 from fixtures.prefect_server import prefect_server  # noqa: F401 - session fixture
 from fixtures.runs import make_train_config
 
-from tasks.common import read_ledger
+from tasks.runtime import read_ledger
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_failed_run_prints_the_cause_first_and_short(prefect_server, tmp_path):  # noqa: F811
     """It printed 181 lines with 4 tracebacks, then outputs marked "(missing)" and artifact names that
     were never created; preflight named only the first missing thing."""
-    from viewneti_core.metrics import VGG16_FILE
+    from viewneti_core.evaluation.metrics import VGG16_FILE
 
     missing_model = tmp_path / "no-such-model"
     config = {
@@ -33,7 +33,7 @@ def test_failed_run_prints_the_cause_first_and_short(prefect_server, tmp_path): 
     path = tmp_path / "fail.yaml"
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ) | {"PYTHONUNBUFFERED": "1", "TORCH_HOME": str(tmp_path / "empty-torch-home")}
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(path)], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "viewneti_cli.pipeline", "run", "--config", str(path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     text = done.stdout + done.stderr
     lines = [line for line in text.splitlines() if line.strip()]

@@ -19,8 +19,8 @@ import pytest
 from fixtures.http_server import RangeServer
 from PIL import Image
 
-from viewneti_core import dtu
-from viewneti_core.archives import (
+from viewneti_core.data import dtu
+from viewneti_core.data.archives import (
     ArchiveLimitError,
     CorruptArchiveError,
     DestinationError,
@@ -29,8 +29,8 @@ from viewneti_core.archives import (
     UnsafeArchiveError,
     extract_members,
 )
-from viewneti_core.download import DownloadError
-from viewneti_core.prepare import (
+from viewneti_core.data.download import DownloadError
+from viewneti_core.data.prepare import (
     MANIFEST_COLUMNS,
     STAMP_NAME,
     MissingCalibrationError,
@@ -160,7 +160,7 @@ def test_second_run_is_skipped_and_a_damaged_tree_is_repaired(archives, tmp_path
     image = out / dtu.image_relpath(8, 0, 3)
     before = image.stat().st_mtime_ns
 
-    caplog.set_level(logging.INFO, logger="viewneti_core.prepare")
+    caplog.set_level(logging.INFO, logger="viewneti_core.data.prepare")
     again = prepare_dtu(_sources(archives), [8], out, progress=False)
     assert again.skipped and "nothing to do" in again.message
     assert "nothing to do" in caplog.text
@@ -526,7 +526,7 @@ def test_validation_catches_undecodable_images(tmp_path, archives, kind):
 
 
 def test_cli_accepts_several_sources_after_one_flag(archives, tmp_path, capsys):
-    from viewneti_core.cli import main
+    from viewneti_cli.viewneti import main
 
     out = tmp_path / "dtu"
     assert main(["data", "prepare", "--source", *_sources(archives), "--scans", "8", "--out", str(out),

@@ -8,10 +8,11 @@ import os
 import pytest
 import torch
 
-from viewneti_core.acceleration import AccelerationOptions, compile_cache_dir, use_compile_cache
-from viewneti_core.conditioning import text_model_of, tokenize
+from viewneti_core.base_model.sd_models import resolve_dtype
 from viewneti_core.config import ViewNetiConfig
-from viewneti_core.sampler import (
+from viewneti_core.method.acceleration import AccelerationOptions, compile_cache_dir, use_compile_cache
+from viewneti_core.method.conditioning import text_model_of, tokenize
+from viewneti_core.method.sampler import (
     SampleRequest,
     SamplerSettings,
     ViewNetiSampler,
@@ -19,8 +20,7 @@ from viewneti_core.sampler import (
     initial_latents,
     make_dpm_solver,
 )
-from viewneti_core.sd_models import resolve_dtype
-from viewneti_core.training import loader_workers
+from viewneti_core.training.trainer import loader_workers
 
 PROMPT = "<view>. A photo of a <object>"
 STEPS, HEIGHT, WIDTH = 3, 48, 64

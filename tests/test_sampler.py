@@ -5,9 +5,9 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
+from viewneti_core.base_model.sd_models import load_components
 from viewneti_core.errors import PromptError
-from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler, make_dpm_solver
-from viewneti_core.sd_models import load_components
+from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler, make_dpm_solver
 
 PROMPT = "<view>. A photo of a <object>"
 

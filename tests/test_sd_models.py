@@ -5,9 +5,14 @@ import sys
 import pytest
 import torch
 
+from viewneti_core.base_model.sd_models import (
+    MODEL_INFO_FILE,
+    build_components,
+    check_model_available,
+    load_components,
+)
 from viewneti_core.errors import ModelNotFoundError
-from viewneti_core.sd_models import MODEL_INFO_FILE, build_components, check_model_available, load_components
-from viewneti_core.xti_attention import cross_attention_layer_names
+from viewneti_core.method.xti_attention import cross_attention_layer_names
 
 
 def test_tiny_model_roundtrip_through_the_loading_code(tiny_model_dir):
@@ -83,7 +88,7 @@ def test_preflight_check_agrees_with_loading_without_reading_weights(tiny_model_
 def test_make_tiny_cli(tmp_path):
     out = tmp_path / "tiny"
     done = subprocess.run(
-        [sys.executable, "-m", "viewneti_core.cli", "models", "make-tiny", "--out", str(out)],
+        [sys.executable, "-m", "viewneti_cli.viewneti", "models", "make-tiny", "--out", str(out)],
         capture_output=True,
         text=True,
     )
@@ -91,7 +96,7 @@ def test_make_tiny_cli(tmp_path):
     assert "RANDOM WEIGHTS" in done.stdout
     assert load_components(out).weights == "random"
     again = subprocess.run(
-        [sys.executable, "-m", "viewneti_core.cli", "models", "make-tiny", "--out", str(out)],
+        [sys.executable, "-m", "viewneti_cli.viewneti", "models", "make-tiny", "--out", str(out)],
         capture_output=True,
         text=True,
     )

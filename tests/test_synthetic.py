@@ -1,4 +1,4 @@
-"""Synthetic DTU-format scenes (viewneti_core/synthetic.py): layout, cameras, geometry, determinism, CLI.
+"""Synthetic DTU-format scenes (viewneti_core/data/synthetic.py): layout, cameras, geometry, determinism, CLI.
 
 Most checks read the files back through the same readers the rest of the code uses (`dtu.py`), so
 they test what a user of the tree sees, not the generator's internals.
@@ -20,9 +20,10 @@ import pytest
 from fixtures.data import SYNTHETIC_SCANS, SYNTHETIC_SIZE
 from PIL import Image
 
-from viewneti_core import cli, dtu, synthetic
-from viewneti_core.cameras import decompose_projection
-from viewneti_core.synthetic import (
+from viewneti_cli import viewneti as cli
+from viewneti_core.data import dtu, synthetic
+from viewneti_core.data.cameras import decompose_projection
+from viewneti_core.data.synthetic import (
     TARGET,
     make_synthetic_dtu,
     max_image_relpath,
@@ -117,7 +118,7 @@ def test_max_files_are_ignored_by_readers(synthetic_dtu_root, tmp_path):
     np.testing.assert_array_equal(_rgb(root / max_image_relpath(2, 10)), stack.max(axis=0))
 
     # The preparation step reads the tree like a release and copies no _max file.
-    from viewneti_core.prepare import prepare_dtu
+    from viewneti_core.data.prepare import prepare_dtu
 
     out = tmp_path / "prepared"
     prepare_dtu([str(root)], [21], out, progress=False)
@@ -418,7 +419,7 @@ def test_cli_make_synthetic_with_archive(tmp_path):
     out = tmp_path / "syn"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "viewneti_core.cli", "data", "make-synthetic", "--out", str(out), "--scans", "21",
+        [sys.executable, "-m", "viewneti_cli.viewneti", "data", "make-synthetic", "--out", str(out), "--scans", "21",
          "--size", "32x24", "--seed", "3", "--archive", "--no-progress"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
     )

@@ -32,7 +32,7 @@ import yaml
 from fixtures.pipeline import small_benchmark_config
 
 from flows.local_services import api_healthy, free_port, port_in_use
-from tasks.common import read_ledger
+from tasks.runtime import read_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -270,7 +270,7 @@ def test_demo_deployment_runs_on_the_compose_topology(synthetic_archives, tiny_m
         worker_env = compose["prefect-worker"]["env"]
         assert worker_env["VIEWNETI_DASK_ADDRESS"] == f"tcp://127.0.0.1:{ports[8786]}"
         # the deploy step, in a prefect-worker "container" as compose.yaml's header runs `prefect deploy`
-        deploy = subprocess.run([sys.executable, "-m", "flows.deploy"], cwd=REPO, capture_output=True,
+        deploy = subprocess.run([sys.executable, "-m", "viewneti_cli.deploy"], cwd=REPO, capture_output=True,
                                 text=True, env=services.env("deploy", worker_env), timeout=300)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         services.start("prefect-worker", compose["prefect-worker"]["command"], worker_env)

@@ -24,14 +24,14 @@ from fixtures.runs import BASELINE_LR
 from fixtures.runs import make_train_config as make_config
 from safetensors.torch import load_file
 
-from viewneti_core.checkpoints import list_checkpoints, load_checkpoint_mappers
-from viewneti_core.cli import main as cli_main
-from viewneti_core.conditioning import VIEW_MAPPER_KEY
+from viewneti_cli.viewneti import main as cli_main
+from viewneti_core.base_model.sd_models import load_components
 from viewneti_core.config import ConfigError, ViewNetiConfig, load_config
-from viewneti_core.mappers import MapperConfig, NeTIMapper, save_mapper
-from viewneti_core.sd_models import load_components
-from viewneti_core.training import TrainingSetupError, train
-from viewneti_core.training_data import build_training_data
+from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
+from viewneti_core.method.mappers import MapperConfig, NeTIMapper, save_mapper
+from viewneti_core.training.batches import build_training_data
+from viewneti_core.training.checkpoints import list_checkpoints, load_checkpoint_mappers
+from viewneti_core.training.trainer import TrainingSetupError, train
 
 
 def _data_root(mode: int, synthetic_dtu_root: Path, image_folder: Path) -> Path:
@@ -161,7 +161,7 @@ import random, sys
 from pathlib import Path
 import numpy as np
 from fixtures.runs import make_train_config
-from viewneti_core.training import train
+from viewneti_core.training.trainer import train
 
 root, model_dir, runs = map(Path, sys.argv[1:4])
 draws = []
@@ -263,7 +263,7 @@ def _never(step: int) -> None:
 
 
 def _save_view_mapper(path: Path, text_width: int, representation: str) -> Path:
-    from viewneti_core.cameras import CameraNormalization
+    from viewneti_core.data.cameras import CameraNormalization
 
     dim = 12 if representation == "dtu-12d" else 3
     norm = CameraNormalization(representation, tuple([-1.0] * dim), tuple([1.0] * dim))
@@ -377,7 +377,7 @@ def test_data_parallel_pretraining_with_two_processes(synthetic_dtu_root, tiny_m
         # --standalone: the rendezvous store binds a free port itself (not the default master port 29500,
         # which a concurrent test session or another job on the machine may hold).
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-         "viewneti_core.cli",
+         "viewneti_cli.viewneti",
          "train", "--config", str(config_file)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
@@ -407,7 +407,7 @@ def test_loader_worker_processes_train_like_the_main_process(synthetic_dtu_root,
 def test_an_item_is_augmented_the_same_whatever_the_global_rng_held(synthetic_dtu_root, tiny_model_dir, tmp_path):
     """What makes mid-epoch resumes with loader workers exact: an item's augmentation depends on its
     seed only, and it leaves the caller's RNG where it was."""
-    from viewneti_core.training_data import SeededItems, seeded_batches
+    from viewneti_core.training.batches import SeededItems, seeded_batches
 
     config = make_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "items", data={"augmentation": "fitting"})
     data = build_training_data(config)

@@ -16,12 +16,12 @@ import torch
 from fixtures.runs import make_train_config
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from viewneti_core.checkpoints import list_checkpoints, load_checkpoint_mappers, read_checkpoint_info
-from viewneti_core.conditioning import VIEW_MAPPER_KEY
 from viewneti_core.config import ViewNetiConfig
 from viewneti_core.inference import load_run, mapper_camera_inputs
-from viewneti_core.model import build_model
-from viewneti_core.training import METRICS_FILE, train
+from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
+from viewneti_core.method.model import build_model
+from viewneti_core.training.checkpoints import list_checkpoints, load_checkpoint_mappers, read_checkpoint_info
+from viewneti_core.training.trainer import METRICS_FILE, train
 
 
 def metrics_by_step(run_dir: Path) -> dict[int, dict]:
@@ -155,7 +155,7 @@ def _encode_view_prompt(run, cameras) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_output_bypass_false_trains_and_renders_without_the_bypass(synthetic_dtu_root, tiny_model_dir, tmp_path):
-    from viewneti_core import dtu
+    from viewneti_core.data import dtu
 
     steps = {"optim": {"max_train_steps": 2}}
     with_bypass = train(make_train_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "bypass", **steps),

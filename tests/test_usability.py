@@ -23,7 +23,7 @@ def test_cli_help_and_config_do_not_import_torch(argv, tmp_path):
     """`viewneti --help` took 5.5 s because building the parser imported torch, diffusers and pandas."""
     code = (
         "import json, sys\n"
-        "from viewneti_core.cli import main\n"
+        "from viewneti_cli.viewneti import main\n"
         "try:\n"
         f"    main({argv!r})\n"
         "except SystemExit:\n"
@@ -37,18 +37,18 @@ def test_cli_help_and_config_do_not_import_torch(argv, tmp_path):
 
 
 def test_data_subcommands_still_parse_their_arguments():
-    from viewneti_core.cli import build_parser
+    from viewneti_cli.viewneti import build_parser
 
     args, rest = build_parser().parse_known_args(["data", "make-synthetic", "--out", "x", "--scans", "8"])
     assert args.out == Path("x") and not rest
-    text = subprocess.run([sys.executable, "-m", "viewneti_core.cli", "data", "prepare", "--help"],
+    text = subprocess.run([sys.executable, "-m", "viewneti_cli.viewneti", "data", "prepare", "--help"],
                           capture_output=True, text=True, timeout=120).stdout
     assert "--scans" in text and "--out" in text
 
 
 def test_per_view_plot_shows_every_series():
     """In metrics_per_view.png the 1-view series sat exactly behind the 3-view one (same x, same marker)."""
-    from viewneti_core.summary import per_view_figure
+    from viewneti_core.evaluation.summary import per_view_figure
 
     rows = [{"protocol": "viewneti", "n_views": n, "step": 10, "weights": "random", "masked": True,
              "cam": cam, "role": "train" if cam == 25 else "test", "psnr": 12.0, "lpips": 0.1}
@@ -68,10 +68,10 @@ def test_training_logs_the_number_of_distinct_images(synthetic_dtu_root, tiny_mo
     """It logged len(dataset) = images x data.repeats ("60 images" for 3 views repeated 20 times)."""
     from fixtures.runs import make_train_config
 
-    from viewneti_core.training import train
+    from viewneti_core.training.trainer import train
 
     config = make_train_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "count", optim={"max_train_steps": 1})
-    with caplog.at_level(logging.INFO, logger="viewneti_core.training"):
+    with caplog.at_level(logging.INFO, logger="viewneti_core.training.trainer"):
         train(config, progress=False)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("training mode"))
     assert " 3 images (each seen 20 times per epoch)" in line, line
@@ -80,7 +80,7 @@ def test_training_logs_the_number_of_distinct_images(synthetic_dtu_root, tiny_mo
 def test_loading_a_local_model_prints_no_progress_bars(tiny_model_dir, capfd):
     from transformers.utils import logging as transformers_logging
 
-    from viewneti_core.sd_models import load_components
+    from viewneti_core.base_model.sd_models import load_components
 
     load_components(tiny_model_dir)
     err = capfd.readouterr().err
@@ -91,7 +91,7 @@ def test_loading_a_local_model_prints_no_progress_bars(tiny_model_dir, capfd):
 def test_preflight_names_every_missing_thing_at_once(tmp_path, monkeypatch):
     """It stopped at the first one: fix the model, run again, only then learn the VGG file is missing."""
     from viewneti_core.errors import PreflightError
-    from viewneti_core.metrics import VGG16_FILE
+    from viewneti_core.evaluation.metrics import VGG16_FILE
     from viewneti_core.preflight import check_requirements
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
@@ -109,8 +109,8 @@ def test_preflight_names_every_missing_thing_at_once(tmp_path, monkeypatch):
 def test_demo_command_and_demo_deployment_resolve_to_the_same_run_configs(tmp_path, monkeypatch):
     """`viewneti-pipeline demo` passes absolute paths, the dtu-benchmark/demo deployment the relative ones
     of configs/demo.yaml: each saw the other's runs as "a different configuration" and retrained them."""
-    from flows.cli import DEMO_CONFIG, _load, demo_overrides
     from flows.params import item_config, load_benchmark_config, pretrain_config
+    from viewneti_cli.pipeline import DEMO_CONFIG, _load, demo_overrides
 
     monkeypatch.chdir(tmp_path)  # the deployment's relative paths are taken from the worker's cwd
     out = (tmp_path / "outputs" / "pipeline-demo").absolute()
@@ -152,7 +152,7 @@ def test_resolving_keeps_hub_ids_builtin_models_and_registry_names(tmp_path):
 
 def test_shipped_sd_size_configs_warn_on_a_cpu_and_name_the_keys():
     from viewneti_core.config import load_config
-    from viewneti_core.cpu_budget import cpu_warning, sampling_work, training_work
+    from viewneti_core.training.cpu_budget import cpu_warning, sampling_work, training_work
 
     tiny_unet = 2_446_788
     config = load_config(REPO / "configs" / "fit_mode5_3view.yaml")
@@ -181,7 +181,7 @@ def _stop(step: int) -> None:
 def test_training_warns_once_before_a_long_cpu_run(synthetic_dtu_root, tiny_model_dir, tmp_path):
     from fixtures.runs import make_train_config
 
-    from viewneti_core.training import train
+    from viewneti_core.training.trainer import train
 
     config = make_train_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "long",
                                optim={"max_train_steps": 50_000, "train_batch_size": 1})
@@ -194,7 +194,7 @@ def test_training_warns_once_before_a_long_cpu_run(synthetic_dtu_root, tiny_mode
             self.records.append(record)
 
     collect = Collect()
-    budget = logging.getLogger("viewneti_core.cpu_budget")
+    budget = logging.getLogger("viewneti_core.training.cpu_budget")
     budget.addHandler(collect)
     try:
         with pytest.raises(_Stop):
@@ -210,7 +210,7 @@ def test_validation_renders_show_progress(synthetic_dtu_root, tiny_model_dir, tm
     """The final validation at SD sizes ran 11 minutes without a line of output."""
     from fixtures.runs import make_train_config
 
-    from viewneti_core.training import train
+    from viewneti_core.training.trainer import train
 
     config = make_train_config(synthetic_dtu_root, tiny_model_dir, tmp_path, 2, "validate",
                                optim={"max_train_steps": 1},
@@ -224,7 +224,7 @@ def test_validation_renders_show_progress(synthetic_dtu_root, tiny_model_dir, tm
 def test_evaluation_shows_progress(synthetic_dtu_root, tmp_path, capfd):
     from test_evaluation import TRAIN_3, make_predictions
 
-    from viewneti_core.evaluation import evaluate_predictions
+    from viewneti_core.evaluation.scoring import evaluate_predictions
 
     pred = make_predictions(tmp_path / "pred", synthetic_dtu_root, 21, [1, 2], (0,), TRAIN_3)
     evaluate_predictions(pred, lpips_weights="none", eval_size=(48, 64))

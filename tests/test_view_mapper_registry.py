@@ -11,10 +11,10 @@ import torch
 import yaml
 from fixtures.runs import make_train_config
 
-from viewneti_core.checkpoints import list_checkpoints, load_checkpoint_mappers
-from viewneti_core.conditioning import VIEW_MAPPER_KEY
-from viewneti_core.training import train
-from viewneti_core.view_mapper_registry import (
+from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
+from viewneti_core.training.checkpoints import list_checkpoints, load_checkpoint_mappers
+from viewneti_core.training.trainer import train
+from viewneti_core.training.view_mapper_registry import (
     DEFAULT_REGISTRY,
     REGISTRY_ENV,
     load_pretrained_view_mapper,

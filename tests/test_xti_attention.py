@@ -2,8 +2,8 @@
 
 import torch
 
-from viewneti_core.sd_models import load_components
-from viewneti_core.xti_attention import (
+from viewneti_core.base_model.sd_models import load_components
+from viewneti_core.method.xti_attention import (
     XTICrossAttnProcessor,
     cross_attention_layer_names,
     install_xti_processors,

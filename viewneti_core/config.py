@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from viewneti_core import dtu
+from viewneti_core.data import dtu
 
 logger = logging.getLogger(__name__)
 

@@ -20,19 +20,19 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from viewneti_core import dtu
-from viewneti_core.cameras import CameraNormalization
-from viewneti_core.config import ViewNetiConfig
-from viewneti_core.images import labelled_grid, save_image_atomic, to_pil
-from viewneti_core.model import build_model
-from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
-from viewneti_core.sd_models import (
+from viewneti_core.base_model.sd_models import (
     build_components,
     load_components,
     resolve_device,
     resolve_dtype,
     save_components,
 )
+from viewneti_core.config import ViewNetiConfig
+from viewneti_core.data import dtu
+from viewneti_core.data.cameras import CameraNormalization
+from viewneti_core.images import labelled_grid, save_image_atomic, to_pil
+from viewneti_core.method.model import build_model
+from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def ensure_tiny_model(model_dir: Path) -> Path:
 
 def ensure_synthetic_scan(data_dir: Path, scan: int, size: tuple[int, int]) -> Path:
     if not (data_dir / dtu.image_relpath(scan, dtu.TRAIN_VIEWS[0])).is_file():
-        from viewneti_core.synthetic import make_synthetic_dtu
+        from viewneti_core.data.synthetic import make_synthetic_dtu
 
         make_synthetic_dtu(data_dir, scans=[scan], size=size, progress=False)
     return data_dir
@@ -82,11 +82,11 @@ def run_mini_world_demo(config: ViewNetiConfig, out_dir: Path, scan: int, views:
     """Fit mode 5 on `scan` from its 3 training views, render `views` over seeds, score the novel ones."""
     import pandas as pd
 
-    from viewneti_core.evaluation import evaluate_predictions
+    from viewneti_core.evaluation.scoring import evaluate_predictions
     from viewneti_core.inference import run_inference
-    from viewneti_core.mini_world import NOTE, SIZE
-    from viewneti_core.mini_world_eval import EVAL_SIZE, ensure_world_tree
-    from viewneti_core.training import train
+    from viewneti_core.mini_world.evaluate import EVAL_SIZE, ensure_world_tree
+    from viewneti_core.mini_world.world import NOTE, SIZE
+    from viewneti_core.training.trainer import train
 
     start = time.perf_counter()
     out_dir = Path(out_dir)

@@ -19,18 +19,22 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-from viewneti_core import dtu
-from viewneti_core.acceleration import AccelerationOptions, apply_acceleration
 from viewneti_core.atomic_files import save_safetensors, temp_dir_beside
-from viewneti_core.cameras import interpolate_cameras
-from viewneti_core.checkpoints import load_checkpoint_mappers, read_checkpoint_info, resolve_checkpoint
-from viewneti_core.conditioning import VIEW_MAPPER_KEY
+from viewneti_core.base_model.sd_models import load_components, resolve_device, resolve_dtype, weights_note
 from viewneti_core.config import ConfigError, ViewNetiConfig, deep_merge, parse_overrides, validate_config
-from viewneti_core.cpu_budget import sampling_work, warn_if_slow_on_cpu
+from viewneti_core.data import dtu
+from viewneti_core.data.cameras import interpolate_cameras
 from viewneti_core.images import labelled_grid, load_image, save_image_atomic, to_pil
-from viewneti_core.model import ViewNetiModel, build_model
-from viewneti_core.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
-from viewneti_core.sd_models import load_components, resolve_device, resolve_dtype, weights_note
+from viewneti_core.method.acceleration import AccelerationOptions, apply_acceleration
+from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
+from viewneti_core.method.model import ViewNetiModel, build_model
+from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
+from viewneti_core.training.checkpoints import (
+    load_checkpoint_mappers,
+    read_checkpoint_info,
+    resolve_checkpoint,
+)
+from viewneti_core.training.cpu_budget import sampling_work, warn_if_slow_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ def with_overrides(config: ViewNetiConfig, overrides: Sequence[str] | dict | Non
 
 def mapper_camera_inputs(cameras: dict[int, np.ndarray], representation: str) -> dict[int, torch.Tensor]:
     """3x4 projection matrices -> the raw camera vectors the view mapper was trained on."""
-    from viewneti_core.datasets import camera_vectors
+    from viewneti_core.data.datasets import camera_vectors
 
     keys = list(cameras)
     vectors = camera_vectors(np.stack([np.asarray(cameras[k], dtype=np.float64) for k in keys]), representation)
@@ -345,7 +349,10 @@ def run_generate(
     progress: bool = True,
 ) -> list[Path]:
     """View-controlled text-to-image: a user prompt with the <view> token, any cameras, any seeds."""
-    from viewneti_core.view_mapper_registry import load_pretrained_view_mapper, resolve_view_mapper_path
+    from viewneti_core.training.view_mapper_registry import (
+        load_pretrained_view_mapper,
+        resolve_view_mapper_path,
+    )
 
     if not seeds:
         raise ValueError("the seeds list is empty")

@@ -16,8 +16,8 @@ def check_requirements(models: Sequence[tuple[str, str | None]], lpips_weights: 
 
     Returns where each was found; raises PreflightError naming every missing one.
     """
-    from viewneti_core.metrics import MissingWeightsError, check_lpips_weights
-    from viewneti_core.sd_models import check_model_available
+    from viewneti_core.base_model.sd_models import check_model_available
+    from viewneti_core.evaluation.metrics import MissingWeightsError, check_lpips_weights
 
     found: dict = {"models": [], "lpips": None}
     problems: list[str] = []

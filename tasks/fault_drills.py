@@ -1,0 +1,65 @@
+"""Fault drills: failures injected on purpose through $VIEWNETI_PIPELINE_FAIL_ITEMS, so tests and
+operators can watch retries, resumes and a killed worker behave as they should. Nothing here runs
+unless the variable names an item; kept apart from the task runtime that production code relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from tasks.runtime import CORE_LOGGER, worker_identity, write_json_atomic
+
+FAIL_ITEMS_ENV = "VIEWNETI_PIPELINE_FAIL_ITEMS"  # "scan114-1view[@stage[+step]][:once|:kill],..."
+KILLED_EXIT_CODE = 86  # exit status of a worker process killed by injection
+
+
+class InjectedFailure(RuntimeError):
+    """A failure injected through VIEWNETI_PIPELINE_FAIL_ITEMS (never raised unless asked for)."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+
+
+def maybe_inject_failure(item: str, stage: str, marker_dir: Path, step: int | None = None) -> None:
+    """Raise for `item` at `stage` if VIEWNETI_PIPELINE_FAIL_ITEMS lists it (a no-op otherwise).
+
+    Entries, comma separated: `scan114-1view` (fails every attempt, at the start of the fit stage),
+    `scan114-1view@infer` (another stage: fit, infer, evaluate), `scan114-1view@fit+2` (fails right
+    after training step 2, i.e. after that step's checkpoint was written), `...:once` (fails the first
+    attempt only: a transient failure that a retry fixes), `...:kill` (the first attempt kills the whole
+    Dask worker process, as a crashed or preempted machine would: no exception, no cleanup).
+    """
+    spec = os.environ.get(FAIL_ITEMS_ENV, "")
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        entry, _, mode = entry.partition(":")
+        name, _, where = entry.partition("@")
+        where_stage, _, after = (where or "fit").partition("+")
+        if name != item or where_stage != stage:
+            continue
+        if (int(after) if after else None) != step:
+            continue
+        at = f"{stage}" + (f" after step {step}" if step is not None else "")
+        if mode in ("once", "kill"):
+            marker = Path(marker_dir) / f".injected-{item}-{stage}-{after or 0}"
+            if marker.exists():
+                return
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            if mode == "kill":
+                _kill_this_worker(marker, f"{item} at {at}")
+            marker.write_text("failed once\n")
+            raise InjectedFailure(f"injected transient failure of {item} at {at} (first attempt only)", True)
+        raise InjectedFailure(f"injected failure of {item} at {at} (set by {FAIL_ITEMS_ENV})", False)
+
+
+def _kill_this_worker(marker: Path, where: str) -> None:
+    identity = worker_identity()
+    if identity["worker_name"] == "local":
+        raise RuntimeError(f"{FAIL_ITEMS_ENV}: ':kill' needs a Dask worker process, but {where} runs locally")
+    write_json_atomic(marker, {"killed": where, **identity, "time": time.time()})
+    logging.getLogger(CORE_LOGGER).warning("injected: killing Dask worker %s (pid %d) during %s",
+                                           identity["worker_name"], identity["pid"], where)
+    os._exit(KILLED_EXIT_CODE)

@@ -1,0 +1,43 @@
+"""The options of `viewneti models build-mini-world`, without torch: the CLI builds its parser from
+them, and `viewneti --help` must not import torch."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from viewneti_core.data import dtu
+
+
+@dataclass
+class BuildOptions:
+    seed: int = 0
+    vae_steps: int = 800
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    unet_steps: int = 2200
+    unet_batch: int = 32
+    unet_lr: float = 4e-4
+    caption_dropout: float = 0.1
+    view_words_share: float = 0.8  # the share of captions that carry view words
+    view_mapper_steps: int = 1000
+    checkpoint_every: int = 200
+    scenes_per_seed: int | None = None  # fewer base scenes (tests); None: every base scan
+    pretrain_scans: tuple[int, ...] = dtu.PRETRAIN_SCANS
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = BuildOptions()
+    parser.add_argument("--out", required=True, type=Path, help="output directory (model/, view-mapper/, build.json)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted build of --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out and any unfinished build of it")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    for name in ("vae_steps", "unet_steps", "view_mapper_steps", "checkpoint_every"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--scenes-per-seed", type=int, default=None,
+                        help="train the base model on fewer scenes (quick trial builds)")

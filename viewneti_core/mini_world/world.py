@@ -1,0 +1,126 @@
+"""The mini world: synthetic multi-view scenes small enough that a base model can be trained on them
+from scratch on a laptop CPU, so ViewNeTI can be seen working without SD 2.1, DTU or a GPU.
+
+What lives here is what the world *is* (no training): its image size, which scenes belong to the
+base model's training set and which are held out, the captions that describe a scene and a view,
+and the configs of its small Stable-Diffusion-shaped model. `build.py` trains it.
+
+Scenes are `synthetic.synthetic_scene(seed, scan)`. Held-out scenes are the 15 DTU test-scan ids at
+world seed 0, so the DTU protocol (splits, masks, metrics, pipeline) applies unchanged; no scene with
+a test-scan id, at any seed, is ever rendered for the base model or the view-mapper pretraining.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+
+import numpy as np
+
+from viewneti_core.base_model.sd_models import MINI_WORLD_NOTE, MINI_WORLD_WEIGHTS, _sd21_config
+from viewneti_core.data import dtu
+from viewneti_core.data.synthetic import CAMERA_ROWS, Scene, synthetic_scene
+
+SIZE = (64, 48)  # (width, height): latents 16x12 through the 4x VAE, 2x2 at the UNet's bottom
+WORLD_SEED = 0  # the seed of the mini world's DTU tree (pretraining and held-out scans)
+BASE_SEEDS = (0, 1, 2)  # scene seeds of the base model's training set
+BASE_SCANS = tuple(s for s in dtu.ALL_SCANS if s not in dtu.TEST_SCANS)  # never a held-out id
+TEXT_WIDTH = 64
+MAX_CAPTION_BYTES = 75  # the byte-level tokenizer spends one token per byte; 77 with BOS/EOS
+WEIGHTS_LABEL = MINI_WORLD_WEIGHTS
+NOTE = MINI_WORLD_NOTE
+
+_KIND_WORDS = {"sphere": "ball", "box": "box", "cylinder": "can"}
+_HUE_NAMES = ((0.04, "red"), (0.11, "orange"), (0.19, "yellow"), (0.45, "green"), (0.55, "cyan"),
+              (0.72, "blue"), (0.86, "purple"), (0.96, "pink"), (1.01, "red"))
+
+
+def color_name(rgb: np.ndarray) -> str:
+    """A colour word for a primitive's main (linear RGB) colour, from its hue."""
+    hue, _, saturation = colorsys.rgb_to_hls(*(float(c) for c in rgb))
+    if saturation < 0.2:
+        return "grey"
+    return next(name for limit, name in _HUE_NAMES if hue < limit)
+
+
+def scene_words(scene: Scene) -> str:
+    """"red ball, blue box, green can": the objects from largest to smallest (what a captioner names)."""
+    objects = sorted(scene.objects, key=lambda p: -float(np.prod(p.size)))
+    return ", ".join(f"{color_name(p.colors[0])} {_KIND_WORDS[p.kind]}" for p in objects)
+
+
+def camera_angles() -> list[tuple[float, float]]:
+    """(polar, azimuth) in degrees of the 49 rendered views, in DTU view order (as `synthetic_cameras`)."""
+    angles = []
+    for row, (count, polar, half_span, _) in enumerate(CAMERA_ROWS[:5]):
+        azimuths = np.linspace(-half_span, half_span, count)
+        angles += [(polar, float(a)) for a in (azimuths[::-1] if row % 2 else azimuths)]
+    assert len(angles) == dtu.NUM_VIEWS
+    return angles
+
+
+def view_words(view: int) -> str:
+    """Coarse viewpoint words of a DTU view, as web captions have them: "left, high"."""
+    polar, azimuth = camera_angles()[view]
+    side = "left" if azimuth < -20 else "right" if azimuth > 20 else "front"
+    height = "high" if polar < 50 else "low" if polar > 62 else "middle"
+    return f"{side}, {height}"
+
+
+def caption(scene: Scene, view: int | None) -> str:
+    """A base-model training caption: the scene's content and, for a known view, coarse view words."""
+    objects = scene_words(scene)
+    suffix = "" if view is None else f"; {view_words(view)}"
+    room = MAX_CAPTION_BYTES - len(suffix)
+    if len(objects) > room:  # drop the smallest objects rather than cut a word
+        objects = objects[:room].rsplit(", ", 1)[0]
+    return objects + suffix
+
+
+def base_scenes() -> list[tuple[int, int]]:
+    """(seed, scan) of every scene the base model trains on: no held-out scan id at any seed."""
+    return [(seed, scan) for seed in BASE_SEEDS for scan in BASE_SCANS]
+
+
+def held_out_scene(scan: int) -> Scene:
+    if scan not in dtu.TEST_SCANS:
+        raise ValueError(f"scan {scan} is not a held-out scan of the mini world (those are {dtu.TEST_SCANS})")
+    return synthetic_scene(WORLD_SEED, scan)
+
+
+def mini_world_configs() -> dict[str, dict]:
+    """The mini world's model: SD 2.1's UNet block layout (16 cross-attention layers in SD's order,
+    v-prediction, the same noise schedule), at a width that trains on two CPU cores, with a 4x VAE
+    (three encoder blocks) and a three-layer CLIP text encoder over the byte-level tokenizer."""
+    unet = _sd21_config("unet") | {
+        "block_out_channels": [32, 32, 64, 64],
+        "attention_head_dim": [2, 2, 4, 4],
+        "cross_attention_dim": TEXT_WIDTH,
+        "norm_num_groups": 16,
+        "sample_size": 16,
+    }
+    vae = _sd21_config("vae") | {
+        "block_out_channels": [16, 32, 32],
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+        "sample_size": SIZE[0],
+    }
+    text = _sd21_config("text_encoder") | {
+        "hidden_size": TEXT_WIDTH,
+        "intermediate_size": 4 * TEXT_WIDTH,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 3,
+        "projection_dim": TEXT_WIDTH,
+        "vocab_size": 514,
+        "bos_token_id": 512,
+        "eos_token_id": 513,
+        "pad_token_id": 0,
+    }
+    return {"unet": unet, "vae": vae, "text_encoder": text, "scheduler": _sd21_config("scheduler")}
+
+
+def latent_size(size: tuple[int, int] = SIZE) -> tuple[int, int]:
+    factor = 2 ** (len(mini_world_configs()["vae"]["block_out_channels"]) - 1)
+    return math.ceil(size[0] / factor), math.ceil(size[1] / factor)
