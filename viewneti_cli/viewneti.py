@@ -253,9 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = groups.add_parser("data", help="DTU data: synthetic scenes and preparation").add_subparsers(
         dest="command", required=True, parser_class=_LazyArgumentsParser
     )
-    _add_data_command(data, "make-synthetic", "write synthetic DTU-format scenes", "synthetic",
+    _add_data_command(data, "make-synthetic", "write synthetic DTU-format scenes", "viewneti_core.data.synthetic",
                       "add_make_synthetic_arguments", _cmd_make_synthetic)
-    _add_data_command(data, "prepare", "download/extract/validate DTU scans into a normalised tree", "prepare",
+    _add_data_command(data, "prepare", "download/extract/validate DTU scans into a normalised tree",
+                      "viewneti_core.data.prepare",
                       "add_prepare_arguments", _cmd_prepare)
     return parser
 
@@ -296,7 +297,7 @@ def _add_data_command(subparsers, name: str, text: str, module: str, adder: str,
     import importlib
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        getattr(importlib.import_module(f"viewneti_core.{module}"), adder)(parser)
+        getattr(importlib.import_module(module), adder)(parser)
 
     sub = subparsers.add_parser(name, help=text, add_arguments=add_arguments)
     sub.set_defaults(handler=handler, takes_overrides=False)
