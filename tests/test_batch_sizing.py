@@ -37,6 +37,11 @@ def test_plan_fills_free_memory_and_leaves_the_batch_contexts_to_the_decode():
     assert (small.batch_size, small.decode_batch_size) == (6, 6)
     starved = plan_batches(GIB, unet, decode, GIB // 4, n_requests=102, headroom=0.85)
     assert (starved.batch_size, starved.decode_batch_size) == (1, 1)
+    # an explicit UNet batch of 20 is kept; its contexts (5 GiB) leave 3.5 GiB: (3.5 - 0.5) / 1 -> 3 images
+    fixed = plan_batches(10 * GIB, unet, decode, GIB // 4, n_requests=102, batch=20, headroom=0.85)
+    assert (fixed.batch_size, fixed.decode_batch_size) == (20, 3)
+    both = plan_batches(10 * GIB, unet, decode, GIB // 4, n_requests=102, batch=20, decode_batch=2, headroom=0.85)
+    assert (both.batch_size, both.decode_batch_size) == (20, 2)
 
 
 def test_context_bytes_are_the_tensors_the_sampler_holds(model, dtu_like_cameras):
@@ -92,6 +97,7 @@ def test_auto_is_the_fixed_cpu_sizes_and_renders_the_same_images(model, dtu_like
         num_inference_steps=2, height=48, width=64, batch_size=8, decode_batch_size=4))
     requests = [SampleRequest.with_camera(PROMPT, s, dtu_like_cameras[c]) for c in (3, 9) for s in (0, 1)]
     assert torch.equal(auto.sample(requests, progress=False), fixed.sample(requests, progress=False))
+    assert auto.last_plan == plan  # what the call used, as bench scene records it
     mixed = ViewNetiSampler(model.components, model.conditioner, SamplerSettings(height=48, width=64, batch_size=5))
     assert (mixed.plan(102).batch_size, mixed.plan(102).decode_batch_size) == (5, 4)  # an explicit size wins
     with pytest.raises(ValueError, match="may be 'auto'"):

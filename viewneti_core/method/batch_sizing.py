@@ -56,20 +56,19 @@ class BatchPlan:
     batch_size: int  # requests per UNet call
     decode_batch_size: int  # latents per VAE decode call
     free_bytes: int | None  # what the plan was made against (None: not measured, CPU values)
-    unet: MemoryCost | None = None
-    decode: MemoryCost | None = None
-    context_per_request: int = 0
 
 
 def plan_batches(free_bytes: int, unet: MemoryCost, decode: MemoryCost, context_per_request: int,
-                 n_requests: int, headroom: float = HEADROOM) -> BatchPlan:
+                 n_requests: int, batch: int | None = None, decode_batch: int | None = None,
+                 headroom: float = HEADROOM) -> BatchPlan:
     """Largest UNet batch whose call plus contexts fit; then the largest decode that fits beside
-    the contexts of that batch, which are still alive while it decodes."""
+    the contexts of that batch, which are still alive while it decodes. A size given is kept."""
     budget = free_bytes * headroom
-    per_request = MemoryCost(unet.fixed, unet.per_item + context_per_request)
-    batch = per_request.largest(budget, n_requests)
-    decode_batch = decode.largest(budget - batch * context_per_request, batch)
-    return BatchPlan(batch, decode_batch, free_bytes, unet, decode, context_per_request)
+    if batch is None:
+        batch = MemoryCost(unet.fixed, unet.per_item + context_per_request).largest(budget, n_requests)
+    if decode_batch is None:
+        decode_batch = decode.largest(budget - batch * context_per_request, batch)
+    return BatchPlan(batch, decode_batch, free_bytes)
 
 
 def cuda_free_bytes(device: torch.device) -> int:

@@ -100,6 +100,7 @@ class ViewNetiSampler:
         self.latent_shape = (components.unet.config.in_channels, settings.height // scale, settings.width // scale)
         self._uncond: torch.Tensor | None = None  # (1, 77, D) empty-prompt context, encoded on first use
         self._costs: tuple[batch_sizing.MemoryCost, batch_sizing.MemoryCost] | None = None  # measured once
+        self.last_plan: batch_sizing.BatchPlan | None = None  # the sizes the latest `sample` call used
 
     def plan(self, n_requests: int) -> batch_sizing.BatchPlan:
         """Batch sizes for a call of `n_requests`: the settings' numbers, "auto" resolved (module
@@ -120,12 +121,8 @@ class ViewNetiSampler:
         context = batch_sizing.context_bytes_per_request(self.settings.num_inference_steps, conditioner.num_layers,
                                                          length, width, unet.dtype.itemsize)
         free = batch_sizing.cuda_free_bytes(device)
-        plan = batch_sizing.plan_batches(free, *self._costs, context, n_requests)
-        if batch != "auto":  # fixed UNet batch: only the decode is planned, beside that batch's contexts
-            budget = free * batch_sizing.HEADROOM - batch * context
-            plan = batch_sizing.BatchPlan(batch, self._costs[1].largest(budget, batch), free, *self._costs, context)
-        elif decode != "auto":
-            plan = batch_sizing.BatchPlan(plan.batch_size, decode, free, *self._costs, context)
+        plan = batch_sizing.plan_batches(free, *self._costs, context, n_requests, batch=None if batch == "auto" else batch,
+                                         decode_batch=None if decode == "auto" else decode)
         logger.info("batch sizes for %d requests on %s: %d per UNet call, %d per VAE decode (%.1f GiB free)",
                     n_requests, device, plan.batch_size, plan.decode_batch_size, free / 2**30)
         return plan
@@ -137,7 +134,7 @@ class ViewNetiSampler:
             raise ValueError("no sample requests given")
         # Validate every prompt/camera pair before any UNet work.
         self._check_requests(requests)
-        plan = self.plan(len(requests))
+        plan = self.last_plan = self.plan(len(requests))
         size = batch_shape(len(requests), plan.batch_size)  # one shape for every batch of this call
         batches = [list(requests[i : i + size]) for i in range(0, len(requests), size)]
         steps = self.settings.num_inference_steps

@@ -126,11 +126,16 @@ def baseline_predictions(variant: str, root: Path, scan: int, n_views: int, seed
         else:
             image = mean
         images.update({(seed, cam): image for seed in seeds})
-    meta = {"run_dir": variant, "step": 0, "learnable_mode": -1, "scan": scan, "object_token": variant,
-            "n_views": n_views, "train_cams": train_cams, "seeds": list(seeds), "cams": list(dtu.TEST_VIEWS),
-            "base_model": "none", "weights": "baseline", "light": dtu.DEFAULT_LIGHT, "data_root": str(root),
-            "size": list(mini_world.SIZE)}
+    meta = _prediction_meta(root, scan, n_views, seeds, run_dir=variant, learnable_mode=-1, object_token=variant,
+                            base_model="none", weights="baseline")
     return write_predictions(out, images, meta)
+
+
+def _prediction_meta(root: Path, scan: int, n_views: int, seeds: tuple[int, ...], **made_by) -> dict:
+    """The predictions index of a mini-world scan's test views; `made_by` says what drew them."""
+    return {"step": 0, "scan": scan, "n_views": n_views, "train_cams": list(dtu.train_views(n_views)),
+            "seeds": list(seeds), "cams": list(dtu.TEST_VIEWS), "light": dtu.DEFAULT_LIGHT, "data_root": str(root),
+            "size": list(mini_world.SIZE)} | made_by
 
 
 def view_control_columns(frame: pd.DataFrame, pred_dir: Path, root: Path, scan: int) -> pd.DataFrame:
@@ -164,6 +169,11 @@ def run_variant(variant: str, scan: int, n_views: int, root: Path, work: Path, s
         result = train(fit_config(variant, scan, n_views, root, runs, settings, view_mapper=mapper), progress=False)
         run_inference(result.run_dir, seeds=list(settings.seeds), views=list(dtu.TEST_VIEWS), out_dir=pred_dir,
                       progress=False)
+    return score_predictions(pred_dir, root, scan, variant)
+
+
+def score_predictions(pred_dir: Path, root: Path, scan: int, variant: str) -> pd.DataFrame:
+    """The test-view rows of `pred_dir` scored by the DTU protocol, with the view-control columns."""
     table = evaluate_predictions(pred_dir, protocols=("viewneti",), lpips_weights="none", eval_size=EVAL_SIZE,
                                  progress=False, run_name=variant)
     frame = pd.read_parquet(table)
@@ -238,18 +248,10 @@ def pretraining_ceiling(out: Path, scans: list[int], settings: FitSettings) -> p
             if variant in BASELINES:
                 baseline_predictions(variant, root, scan, 3, settings.seeds, pred_dir)
             else:
-                write_predictions(pred_dir, dict(zip(keys, images, strict=True)), {
-                    "run_dir": str(checkpoint), "step": 0, "learnable_mode": 3, "scan": scan,
-                    "object_token": f"<scan{scan}>", "n_views": 3, "train_cams": list(dtu.train_views(3)),
-                    "seeds": list(settings.seeds), "cams": list(dtu.TEST_VIEWS), "base_model": MODEL,
-                    "weights": "mini-world", "light": dtu.DEFAULT_LIGHT, "data_root": str(root),
-                    "size": list(mini_world.SIZE)})
-            table = evaluate_predictions(pred_dir, protocols=("viewneti",), lpips_weights="none", eval_size=EVAL_SIZE,
-                                         progress=False, run_name=variant)
-            frame = pd.read_parquet(table)
-            frame = view_control_columns(frame[frame["role"] == "test"], pred_dir, root, scan)
-            frame["variant"] = variant
-            frames.append(frame)
+                write_predictions(pred_dir, dict(zip(keys, images, strict=True)), _prediction_meta(
+                    root, scan, 3, settings.seeds, run_dir=str(checkpoint), learnable_mode=3,
+                    object_token=f"<scan{scan}>", base_model=MODEL, weights=mini_world.WEIGHTS_LABEL))
+            frames.append(score_predictions(pred_dir, root, scan, variant))
     table = summarize_results(frames)
     table.to_csv(out / "pretraining_ceiling.csv", index=False)
     return table
