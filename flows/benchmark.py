@@ -45,6 +45,9 @@ def dtu_benchmark(config: BenchmarkConfig = BenchmarkConfig()) -> dict:  # noqa:
 
     notes = [f"view mapper: `{mapper['checkpoint']}` (fingerprint {mapper['fingerprint']})",
              f"LPIPS backbone: {config.evaluation.lpips_weights}; protocols: {', '.join(config.evaluation.protocols)}"]
+    if outcome.retried:
+        notes.append("retried (a failed attempt or a lost worker, e.g. a cancelled or timed-out Slurm job): "
+                     + "; ".join(f"{item} ({why})" for item, why in outcome.retried.items()))
     if config.evaluation.lpips_weights == "random":
         notes.append("LPIPS uses a RANDOM VGG backbone (no pretrained weights available): a machinery check, "
                      "not a perceptual metric")

@@ -2,7 +2,9 @@
 
 - `execution.cluster` of the benchmark config, when not `local`: a running scheduler (`address`) or a
   cluster class by import path (`dask_jobqueue.SLURMCluster`, `dask_kubernetes.operator.KubeCluster`,
-  ...) with its kwargs and adapt bounds; `use_configured_cluster` applies it at the start of a flow run.
+  ...) with its kwargs and adapt bounds; `use_configured_cluster` applies it at the start of a flow run,
+  asks Slurm whether it would run the workers' jobs (flows/slurm.py), and adapts with `GpuAdaptive`
+  (a worker per GPU task that could run, which Dask's own estimate does not count).
 - `VIEWNETI_DASK_ADDRESS=tcp://scheduler:8786`: use a running Dask cluster (docker/compose.yaml starts
   one worker per GPU, each with `--resources GPU=1`).
 - otherwise a local cluster is started per flow run: one worker process per visible CUDA device
@@ -24,7 +26,9 @@ import functools
 import importlib
 import inspect
 import logging
+import math
 import os
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -267,6 +271,8 @@ def use_configured_cluster(settings) -> str:
         runner.resolved_cluster_class = import_cluster_class(settings.class_) if settings.class_ else None
         runner.cluster_kwargs = options.get("cluster_kwargs", {})
         runner.adapt_kwargs = options.get("adapt_kwargs", {})
+        if runner.adapt_kwargs:
+            runner.adapt_kwargs = {**runner.adapt_kwargs, "Adaptive": gpu_adaptive()}
     if settings.is_local:  # the environment's choice: name that, not the config key
         key = f"{ADDRESS_ENV}={runner.address}" if runner.address else "execution.cluster (local)"
         what = f"the scheduler at {runner.address}" if runner.address else "the local GPU cluster"
@@ -283,6 +289,8 @@ def use_configured_cluster(settings) -> str:
         raise ClusterConfigError(f"{key}: starting {what} failed: {type(exc).__name__}: {exc}") from None
     finally:
         dask_logger.setLevel(level)
+    if not settings.is_local:
+        check_started_cluster(getattr(client, "cluster", None), runner.adapt_kwargs, key, what)
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
     if workers and not any(w.get("resources", {}).get(GPU_RESOURCE) for w in workers):
         raise ClusterConfigError(
@@ -293,12 +301,78 @@ def use_configured_cluster(settings) -> str:
     return cluster_description(runner)
 
 
+@functools.cache
+def gpu_adaptive():
+    """The Adaptive class of `execution.cluster.adapt` (built on first use: importing distributed is not free)."""
+    from distributed import Scheduler
+    from distributed.deploy.adaptive import Adaptive
+
+    class GpuAdaptive(Adaptive):
+        """Dask's Adaptive sizes a cluster by estimated CPU time per thread and knows nothing of resources:
+        until a task has finished it counts 0.5 s per task, so the GPU tasks of a whole fan-out look like
+        one worker's work, and a worker with several threads looks like room for several GPU tasks. This one
+        also asks for a worker per GPU task that could run now (running, or waiting for a free GPU slot),
+        within the adapt bounds. A remote scheduler (e.g. on Kubernetes) keeps Dask's estimate."""
+
+        async def target(self) -> int:
+            estimate = await super().target()
+            scheduler = getattr(self.cluster, "scheduler", None)
+            if not isinstance(scheduler, Scheduler):
+                return estimate
+            return max(estimate, gpu_workers_wanted(scheduler))
+
+    GpuAdaptive.__module__ = __name__
+    return GpuAdaptive
+
+
+def gpu_workers_wanted(scheduler) -> int:
+    """Workers needed to run every GPU task that is ready now (on a worker, or waiting for one) at once."""
+    ready = [*scheduler.unrunnable, *(ts for ws in scheduler.workers.values() for ts in ws.processing)]
+    demand = sum((ts.resource_restrictions or {}).get(GPU_RESOURCE, 0) for ts in ready)
+    slots = max((ws.resources.get(GPU_RESOURCE, 0) for ws in scheduler.workers.values()), default=0) or 1
+    return math.ceil(demand / slots)
+
+
+def check_started_cluster(cluster, adapt: dict[str, Any] | None, key: str, what: str) -> None:
+    """A started cluster of `execution.cluster` that could never get a worker fails now, not after an
+    endless wait: Slurm refusing its jobs (flows/slurm.py), or no workers and no adapt bounds."""
+    if cluster is None:  # a running scheduler (address): its workers are someone else's
+        return
+    from flows.slurm import SlurmRefusal, check_slurm_cluster, is_slurm_cluster
+
+    if is_slurm_cluster(cluster):
+        try:
+            check_slurm_cluster(cluster)
+        except (SlurmRefusal, OSError, subprocess.SubprocessError) as exc:
+            raise ClusterConfigError(f"{key}: Slurm would not run the workers of {what}: {exc}") from None
+    if not adapt and not getattr(cluster, "worker_spec", None) and not cluster.scheduler_info.get("workers"):
+        raise ClusterConfigError(f"{key}: {what} started with no workers and no adapt bounds, so GPU tasks would "
+                                 "wait forever; add adapt: {minimum: 0, maximum: N} (or kwargs.n_workers)")
+
+
+def job_unit(cluster_class: str | None) -> str:
+    """What one worker of an adaptive cluster is, for the logs: 'Slurm jobs', 'PBS jobs', ... or 'workers'."""
+    module, _, name = (cluster_class or "").rpartition(".")
+    if module.split(".")[0] != "dask_jobqueue" or not name.endswith("Cluster"):
+        return "workers"
+    system = name.removesuffix("Cluster")
+    return f"{'Slurm' if system == 'SLURM' else system} jobs"
+
+
 def cluster_description(task_runner) -> str:
-    """One line for the logs: where the GPU tasks run."""
+    """One line for the logs: where the GPU tasks run. An adaptive cluster usually starts with no worker:
+    say so, with its bounds, so that "0 workers" reads as what it is."""
     try:
         client = task_runner.client
         workers = client.scheduler_info(n_workers=-1)["workers"]
     except Exception as exc:  # noqa: BLE001 - informational only
         return f"(cluster not reachable: {exc})"
     parts = [f"{w.get('name', addr)}@{addr} {w.get('resources', {})}" for addr, w in workers.items()]
+    adapt = getattr(task_runner, "adapt_kwargs", None) or {}
+    if "maximum" in adapt:
+        name = task_runner.cluster_class if isinstance(task_runner.cluster_class, str) else "the cluster"
+        now = f"{len(workers)} worker{'' if len(workers) == 1 else 's'} now"
+        line = (f"{name} (scheduler {client.scheduler.address}): {now}, adapting up to {adapt['maximum']} "
+                f"{job_unit(name)}")
+        return line + (": " + ", ".join(parts) if parts else "")
     return f"{len(workers)} Dask worker(s): " + ", ".join(parts)

@@ -27,7 +27,15 @@ from pydantic import (
 
 from tasks.runtime import item_name, parse_item_name  # noqa: F401 - re-exported for flows
 from viewneti_core.base_model.model_names import looks_local
-from viewneti_core.config import ConfigError, ViewNetiConfig, deep_merge, parse_overrides, read_yaml
+from viewneti_core.config import (
+    ConfigError,
+    ViewNetiConfig,
+    check_path_fits,
+    deep_merge,
+    error_lines,
+    parse_overrides,
+    read_yaml,
+)
 from viewneti_core.data import dtu
 
 NViews = Literal[1, 3, 6, 9]
@@ -35,6 +43,11 @@ NViews = Literal[1, 3, 6, 9]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _path_fits_filesystem(cls, value: Any) -> Any:
+        return check_path_fits(value) if isinstance(value, Path) else value
 
 
 def _default_pretrain() -> ViewNetiConfig:
@@ -90,6 +103,9 @@ class EvaluationSettings(_Strict):
         default=(300, 400), description="(H, W) images are compared at; the protocol's is 300x400 - change "
                                         "it only for quick checks (recorded in every row)")
     batch_size: int = Field(default=8, ge=1)
+    uncertainty: bool | None = Field(
+        default=None, description="diversity, ensemble, best-of-N, std maps and AUSE across the seeds of each "
+                                  "view; default (null): on when fit.eval.seeds has 2 or more seeds")
 
     @field_validator("protocols")
     @classmethod
@@ -211,6 +227,9 @@ class BenchmarkConfig(_Strict):
     n_views: list[NViews] = Field(default_factory=lambda: [1, 3])
     views: list[int] | None = Field(
         default=None, description="cameras rendered per item; default: the protocol's 34 evaluation views")
+    camera_path: tuple[int, int, int] | None = Field(
+        default=None, description="also render each item along a camera path [from, to, frames] (an animated "
+                                  "GIF beside its grids, shown in the report); default: none")
     pretrained_view_mapper: str | None = Field(
         default=None, description="a mode-3 run/checkpoint dir or registered name; skips pretraining")
     data: DataSettings = Field(default_factory=DataSettings)
@@ -254,6 +273,19 @@ class BenchmarkConfig(_Strict):
         if bad:
             raise ValueError(f"camera indices {bad} are outside 0..{dtu.NUM_VIEWS - 1}")
         return list(dict.fromkeys(value))
+
+    @field_validator("camera_path")
+    @classmethod
+    def _camera_path(cls, value: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if value is None:
+            return None
+        start, end, frames = value
+        bad = [c for c in (start, end) if not 0 <= c < dtu.NUM_CAMERAS]
+        if bad:
+            raise ValueError(f"camera_path: cameras {bad} are outside 0..{dtu.NUM_CAMERAS - 1}")
+        if not 2 <= frames <= 240:
+            raise ValueError(f"camera_path: frames must be 2..240, got {frames}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> BenchmarkConfig:
@@ -364,14 +396,8 @@ def _with(base: ViewNetiConfig, update: dict[str, Any]) -> ViewNetiConfig:
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(part) for part in err["loc"]) or "<root>"
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  {prefix}{key}: unknown key")
-        else:
-            lines.append(f"  {prefix}{key}: {message} (got {err['input']!r})")
+    """One short line per error (at most a prefix of each bad value; `config.error_lines`)."""
+    lines = [f"  {prefix}{line[2:]}" if line.startswith("  ") else line for line in error_lines(exc, "unknown key")]
     return "invalid benchmark configuration:\n" + "\n".join(lines)
 
 

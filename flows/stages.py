@@ -128,6 +128,7 @@ def existing_view_mapper(config: BenchmarkConfig, view_mapper: str | None) -> di
 class ItemOutcome:
     records: dict[str, dict] = field(default_factory=dict)  # item -> evaluate record
     failures: dict[str, str] = field(default_factory=dict)  # item -> "stage: message"
+    retried: dict[str, str] = field(default_factory=dict)  # item -> what was run again, and from where
 
     def failure_message(self, total: int, run_dir: Path) -> str:
         named = "; ".join(f"{item} ({why})" for item, why in sorted(self.failures.items()))
@@ -148,12 +149,13 @@ def submit_item(config: BenchmarkConfig, scan: int, n_views: int, mapper: dict) 
     with gpu_annotations(priority=1):
         infer = infer_task.with_options(**opts).submit(
             fit, item=item, seeds=list(config.fit.eval.seeds), views=config.views,
-            out_dir=str(item_dir / "inference"), ledger_dir=ledger)
+            out_dir=str(item_dir / "inference"), ledger_dir=ledger, camera_path=config.camera_path)
     with gpu_annotations(priority=2):
         evaluate = evaluate_task.with_options(**opts).submit(
             infer, item=item, out_parquet=str(item_dir / "metrics.parquet"), protocols=list(ev.protocols),
             device=ev.device, lpips_weights=ev.lpips_weights, eval_size=tuple(ev.eval_size),
-            batch_size=ev.batch_size, ledger_dir=ledger, views_chosen=config.views is not None)
+            batch_size=ev.batch_size, ledger_dir=ledger, views_chosen=config.views is not None,
+            uncertainty=ev.uncertainty)
     return {"fit": fit, "infer": infer, "evaluate": evaluate}
 
 
@@ -187,7 +189,30 @@ def run_items(config: BenchmarkConfig, items: list[tuple[int, int]], mapper: dic
         else:
             outcome.failures[item] = _why(chains[item])
             logger.error("item %s failed: %s", item, outcome.failures[item])
+    outcome.retried = retried_items(config, chains)
     return outcome
+
+
+def retried_items(config: BenchmarkConfig, chains: dict[str, dict[str, PrefectFuture]]) -> dict[str, str]:
+    """Items of this run with a stage that ran more than once (a failed attempt, a lost worker: a cancelled
+    or timed-out Slurm job, a killed process) or a fit that resumed from a checkpoint, from the ledger."""
+    from tasks.runtime import read_ledger
+
+    stage_of = {str(future.task_run_id): (item, stage) for item, chain in chains.items()
+                for stage, future in chain.items()}
+    notes: dict[str, list[str]] = {}
+    for entry in read_ledger(config.ledger_dir):
+        item, stage = stage_of.get(str(entry.get("task_run_id")), (None, None))
+        if item is None or entry.get("status") != "completed":
+            continue
+        said = []
+        if (entry.get("attempt") or 1) > 1:
+            said.append(f"attempt {entry['attempt']}")
+        if entry.get("resumed_from"):
+            said.append(f"resumed from step {entry['resumed_from']}")
+        if said:
+            notes.setdefault(item, []).append(f"{stage} {', '.join(said)}")
+    return {item: "; ".join(parts) for item, parts in sorted(notes.items())}
 
 
 def progress_key(config: BenchmarkConfig) -> str:

@@ -30,11 +30,13 @@ def evaluate_task(
     batch_size: int,
     ledger_dir: str,
     views_chosen: bool = False,
+    uncertainty: bool | None = None,
 ) -> dict:
     import pandas as pd
 
     from viewneti_core.base_model.sd_models import resolve_device
     from viewneti_core.evaluation.scoring import evaluate_predictions
+    from viewneti_core.evaluation.seed_spread import UNCERTAINTY_GRID
 
     logger = run_logger()
     with gpu_slot(), ledger_entry(Path(ledger_dir), "evaluate", item):
@@ -43,6 +45,7 @@ def evaluate_task(
             Path(inference["out_dir"]), Path(out_parquet), protocols=tuple(protocols),
             device=str(resolve_device(device)), lpips_weights=lpips_weights, run_name=item,
             eval_size=tuple(eval_size), batch_size=batch_size, progress=False, views_chosen=views_chosen,
+            uncertainty=uncertainty,
         )
     rows = pd.read_parquet(path)
     means = rows.groupby("protocol")[["psnr", "ssim", "lpips"]].mean().round(4)
@@ -51,6 +54,10 @@ def evaluate_task(
     logger.info("%s: %d metric rows in %s; means %s", item, len(rows), path, means)
     record = {"item": item, "metrics": str(path), "rows": len(rows), "means": means,
               "scan": inference["scan"], "n_views": inference["n_views"], "step": inference["step"],
-              "weights": inference["weights"], "grids": inference["grids"], "predictions": inference["out_dir"]}
+              "weights": inference["weights"], "grids": inference["grids"], "gif": inference.get("gif"),
+              "predictions": inference["out_dir"]}
+    spread_grid = Path(inference["out_dir"]) / UNCERTAINTY_GRID
+    if int(rows["uncertainty_seeds"].max()) >= 2 and spread_grid.is_file():  # std maps of this evaluation
+        record["uncertainty_grid"] = str(spread_grid)
     write_json_atomic(Path(out_parquet).with_name(ITEM_RECORD), record)  # read by the aggregate flow
     return record

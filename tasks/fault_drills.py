@@ -12,8 +12,9 @@ from pathlib import Path
 
 from tasks.runtime import CORE_LOGGER, worker_identity, write_json_atomic
 
-FAIL_ITEMS_ENV = "VIEWNETI_PIPELINE_FAIL_ITEMS"  # "scan114-1view[@stage[+step]][:once|:kill],..."
+FAIL_ITEMS_ENV = "VIEWNETI_PIPELINE_FAIL_ITEMS"  # "scan114-1view[@stage[+step]][:once|:kill|:hold],..."
 KILLED_EXIT_CODE = 86  # exit status of a worker process killed by injection
+HOLD_LIMIT_S = 600.0  # a held attempt that nobody killed gives up (fails for good) after this long
 
 
 class InjectedFailure(RuntimeError):
@@ -31,7 +32,9 @@ def maybe_inject_failure(item: str, stage: str, marker_dir: Path, step: int | No
     `scan114-1view@infer` (another stage: fit, infer, evaluate), `scan114-1view@fit+2` (fails right
     after training step 2, i.e. after that step's checkpoint was written), `...:once` (fails the first
     attempt only: a transient failure that a retry fixes), `...:kill` (the first attempt kills the whole
-    Dask worker process, as a crashed or preempted machine would: no exception, no cleanup).
+    Dask worker process, as a crashed or preempted machine would: no exception, no cleanup), `...:hold`
+    (the first attempt stops where it is and waits, holding its worker, until someone kills that worker:
+    a Slurm job cancelled or out of walltime at a known point; the marker file names the worker and job).
     """
     spec = os.environ.get(FAIL_ITEMS_ENV, "")
     for entry in filter(None, (e.strip() for e in spec.split(","))):
@@ -43,13 +46,15 @@ def maybe_inject_failure(item: str, stage: str, marker_dir: Path, step: int | No
         if (int(after) if after else None) != step:
             continue
         at = f"{stage}" + (f" after step {step}" if step is not None else "")
-        if mode in ("once", "kill"):
+        if mode in ("once", "kill", "hold"):
             marker = Path(marker_dir) / f".injected-{item}-{stage}-{after or 0}"
             if marker.exists():
                 return
             marker.parent.mkdir(parents=True, exist_ok=True)
             if mode == "kill":
                 _kill_this_worker(marker, f"{item} at {at}")
+            if mode == "hold":
+                _hold_until_killed(marker, f"{item} at {at}")
             marker.write_text("failed once\n")
             raise InjectedFailure(f"injected transient failure of {item} at {at} (first attempt only)", True)
         raise InjectedFailure(f"injected failure of {item} at {at} (set by {FAIL_ITEMS_ENV})", False)
@@ -63,3 +68,15 @@ def _kill_this_worker(marker: Path, where: str) -> None:
     logging.getLogger(CORE_LOGGER).warning("injected: killing Dask worker %s (pid %d) during %s",
                                            identity["worker_name"], identity["pid"], where)
     os._exit(KILLED_EXIT_CODE)
+
+
+def _hold_until_killed(marker: Path, where: str) -> None:
+    identity = worker_identity()
+    write_json_atomic(marker, {"held": where, **identity, "time": time.time()})
+    job = f", Slurm job {identity['slurm_job_id']}" if "slurm_job_id" in identity else ""
+    logging.getLogger(CORE_LOGGER).warning("injected: %s holds Dask worker %s (pid %d%s) until it is killed", where,
+                                           identity["worker_name"], identity["pid"], job)
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+    raise InjectedFailure(f"injected hold of {where}: nobody killed the worker within {HOLD_LIMIT_S:.0f} s", False)

@@ -57,6 +57,7 @@ def aggregate_task(metrics_paths: list[str], report_dir: str, name: str, ledger_
         "report_dir": str(report), "metrics_all": str(all_rows), "summary_parquet": str(result.table),
         "summary_csv": str(result.csv), "summary_md": str(result.markdown), "plots": [str(p) for p in result.plots],
         "n_groups": result.n_groups, "random_weights": result.random_weights, "n_rows": len(rows),
+        "uncertainty": str(result.uncertainty) if result.uncertainty else None,
         "items": sorted({str(r) for r in rows["run"].unique()}),
     }
     write_json_atomic(report / "aggregate.json", record)
@@ -105,16 +106,21 @@ def _clean(value: Any) -> Any:
 def summary_table_artifact(key: str, summary_parquet: Path, description: str) -> None:
     import pandas as pd
 
-    frame = pd.read_parquet(summary_parquet)
-    columns = [c for c in ("views", "protocol", "n_views", "weights", "masked", "lpips_backbone", "psnr_mean", "ssim_mean",
-                           "lpips_mean", "psnr_std_scans", "ssim_std_scans", "lpips_std_scans", "n_scans",
+    create_table_artifact(table=summary_table_rows(pd.read_parquet(summary_parquet)), key=key, description=description)
+
+
+def summary_table_rows(frame) -> list[dict]:
+    """The summary's rows for the UI's table artifact: JSON-clean values, metrics rounded and placed first."""
+    # Metrics first after the two keys: the UI's artifact pane (~1400 px) cuts wide tables off on the right.
+    columns = [c for c in ("protocol", "n_views", "psnr_mean", "ssim_mean", "lpips_mean", "views", "psnr_std_scans",
+                           "ssim_std_scans", "lpips_std_scans", "weights", "masked", "lpips_backbone", "n_scans",
                            "n_seeds", "step", "eval_height", "eval_width") if c in frame.columns]
     rows = [{c: _clean(v) for c, v in row.items()} for row in frame[columns].to_dict(orient="records")]
     for row in rows:
         for c in ("psnr_mean", "ssim_mean", "lpips_mean", "psnr_std_scans", "ssim_std_scans", "lpips_std_scans"):
             if isinstance(row.get(c), float):
                 row[c] = round(row[c], 4)
-    create_table_artifact(table=rows, key=key, description=description)
+    return rows
 
 
 def _link(path: str | Path, label: str | None = None) -> str:
@@ -172,6 +178,21 @@ class _Pictures:
         self.left -= len(uri)
         return f"![{alt}]({uri})"
 
+    def animation(self, path: str | Path, alt: str) -> str | None:
+        """A GIF as it is (a re-encoded thumbnail would lose the animation), if it fits its share."""
+        import base64
+
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            data = b""
+        uri = "data:image/gif;base64," + base64.b64encode(data).decode("ascii")
+        if not data.startswith(b"GIF8") or len(data) > PICTURE_MAX_BYTES or len(uri) > self.left:
+            self.omitted += 1
+            return None
+        self.left -= len(uri)
+        return f"![{alt}]({uri})"
+
 
 def report_markdown(
     name: str,
@@ -181,11 +202,13 @@ def report_markdown(
     failures: dict[str, str],
     notes: list[str],
     inline_pictures: bool = False,
+    pictures_from: Path | None = None,
 ) -> str:
     """The report: status, the paper-style table (from summary.md), per-item rows with grid links, files.
 
-    With `inline_pictures` (the UI artifact) the plots and each item's first grid are embedded as small PNG
-    data URIs after the tables; the file on disk keeps links only.
+    With `inline_pictures` (the UI artifact) the plots, each item's first grid and its camera-path GIF are
+    embedded as small data URIs after the tables. With `pictures_from` (the file on disk, which lives in
+    that directory) the same pictures are shown by relative path, so any Markdown viewer displays them.
     """
     lines = [f"# DTU benchmark `{name}`", ""]
     random = (aggregate or {}).get("random_weights") or any(r.get("weights") == "random" for r in items.values())
@@ -219,6 +242,8 @@ def report_markdown(
         record = items[item]
         means = (record.get("means") or {}).get("viewneti") or next(iter((record.get("means") or {}).values()), {})
         grids = " ".join(_link(g, Path(g).stem.replace("grid_", "")) for g in record.get("grids", []))
+        grids += f" {_link(record['gif'], 'camera path')}" if record.get("gif") else ""
+        grids += f" {_link(record['uncertainty_grid'], 'std maps')}" if record.get("uncertainty_grid") else ""
 
         def fmt(key: str, digits: int, means=means) -> str:
             value = means.get(key)
@@ -229,6 +254,8 @@ def report_markdown(
               "table above uses test views only."]
     if inline_pictures:
         lines += _picture_section(aggregate, items)
+    elif pictures_from is not None:
+        lines += _picture_files_section(aggregate, items, pictures_from)
     if random:
         lines += ["", RANDOM_NOTE]
     return "\n".join(lines) + "\n"
@@ -245,12 +272,37 @@ def _picture_section(aggregate: dict | None, items: dict[str, dict]) -> list[str
     for item in sorted(items, key=_item_sort_key):
         grids = items[item].get("grids") or []
         shown = pictures.image(grids[0], GRID_MAX_SIDE, f"{item} {Path(grids[0]).stem}") if grids else None
+        spread = items[item].get("uncertainty_grid")
+        beside = pictures.image(spread, GRID_MAX_SIDE, f"{item} std maps") if shown and spread else None
         if shown:
-            lines += [f"**{item}** — {Path(grids[0]).stem} (downscaled; full size: {_link(grids[0])})", "", shown, ""]
+            caption = f"**{item}** — {Path(grids[0]).stem} (downscaled; full size: {_link(grids[0])})"
+            caption += f", beside it the spread over seeds ({_link(spread)})" if beside else ""
+            lines += [caption, "", shown + (f" {beside}" if beside else ""), ""]
+        gif = items[item].get("gif")
+        shown = pictures.animation(gif, f"{item} camera path") if gif else None
+        if shown:
+            lines += [f"**{item}** — camera path ({_link(gif)})", "", shown, ""]
     if pictures.omitted:
         lines += [f"{pictures.omitted} picture(s) not shown here (size budget of the UI artifact); "
                   "the links above open them.", ""]
     return lines
+
+
+def _picture_files_section(aggregate: dict | None, items: dict[str, dict], base: Path) -> list[str]:
+    """The same pictures as the UI's, for the report file: plots, then each item's grids and camera path."""
+    import os
+
+    def shown(path: str | Path, alt: str) -> str:
+        return f"![{alt}]({Path(os.path.relpath(Path(path).absolute(), Path(base).absolute())).as_posix()})"
+
+    lines = ["", "## Pictures", ""]
+    lines += [shown(plot, Path(plot).stem) for plot in (aggregate or {}).get("plots", [])]
+    for item in sorted(items, key=_item_sort_key):
+        pictures = [*(items[item].get("grids") or []), *([items[item]["gif"]] if items[item].get("gif") else []),
+                    *([items[item]["uncertainty_grid"]] if items[item].get("uncertainty_grid") else [])]
+        if pictures:
+            lines += ["", f"**{item}**", "", *[shown(p, f"{item} {Path(p).stem}") for p in pictures]]
+    return lines + [""]
 
 
 def _item_sort_key(item: str) -> tuple[int, int]:
@@ -262,9 +314,9 @@ def _item_sort_key(item: str) -> tuple[int, int]:
 
 def publish_report(key_prefix: str, name: str, run_dir: Path, aggregate: dict | None, items: dict[str, dict],
                    failures: dict[str, str], notes: list[str]) -> Path:
-    """Markdown + table artifacts, and the same report as REPORT/report.md (with links, not inline pictures)."""
-    markdown = report_markdown(name, run_dir, aggregate, items, failures, notes)
+    """Markdown + table artifacts, and the same report as REPORT/report.md (pictures by relative path there)."""
     report_dir = Path(aggregate["report_dir"]) if aggregate else run_dir / "report"
+    markdown = report_markdown(name, run_dir, aggregate, items, failures, notes, pictures_from=report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / "report.md"
     tmp = path.with_name(".report.md.tmp")
@@ -277,4 +329,24 @@ def publish_report(key_prefix: str, name: str, run_dir: Path, aggregate: dict | 
         summary_table_artifact(artifact_key(key_prefix, "summary"), Path(aggregate["summary_parquet"]),
                                f"summary metrics of {name} (test views, mean over scans)"
                                + (" — RANDOM WEIGHTS, not benchmark quality" if aggregate.get("random_weights") else ""))
+        if aggregate.get("uncertainty"):
+            uncertainty_table_artifact(artifact_key(key_prefix, "uncertainty"), Path(aggregate["uncertainty"]),
+                                       f"ensemble, best-of-N, diversity and AUSE of {name} (test views, mean over "
+                                       "scans)" + (" — RANDOM WEIGHTS" if aggregate.get("random_weights") else ""))
     return path
+
+
+def uncertainty_table_artifact(key: str, table: Path, description: str) -> None:
+    """The rows across seeds (viewneti_core.evaluation.spread_summary) as a UI table."""
+    import pandas as pd
+
+    create_table_artifact(table=uncertainty_table_rows(pd.read_parquet(table)), key=key, description=description)
+
+
+def uncertainty_table_rows(frame) -> list[dict]:
+    """JSON-clean rows of uncertainty.parquet, the headline columns first, floats rounded."""
+    columns = [c for c in ("protocol", "n_views", "ens_psnr_mean", "best_psnr_mean", "div_rmse_mean", "div_lpips_mean",
+                           "unc_spearman_mean", "ause_mean", "ause_random_mean", "ause_std_scans", "weights",
+                           "n_scans", "min_seeds", "max_seeds", "step") if c in frame.columns]
+    rows = [{c: _clean(v) for c, v in row.items()} for row in frame[columns].to_dict(orient="records")]
+    return [{c: round(v, 4) if isinstance(v, float) else v for c, v in row.items()} for row in rows]

@@ -151,6 +151,8 @@ def worker_identity() -> dict[str, Any]:
         identity.update({"worker": worker.address, "worker_name": str(worker.name)})
     except (ImportError, ValueError):
         identity.update({"worker": f"local:{os.getpid()}", "worker_name": "local"})
+    if os.environ.get("SLURM_JOB_ID"):  # a worker started as a Slurm job (dask-jobqueue): which job ran what
+        identity["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     return identity
 
 

@@ -9,13 +9,13 @@ import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "viewneti_core"
 LAYERS = {  # module or package under viewneti_core -> layer (docs/architecture.md)
-    "errors": 0, "atomic_files": 0, "images": 0,
+    "errors": 0, "atomic_files": 0, "images": 0, "safe_io": 0, "run_lock": 0,
     "data": 1,
     "config": 2,
     "base_model": 3,
     "method": 4,
     "training": 5,
-    "inference": 6,
+    "inference": 6, "render_args": 6,
     "evaluation": 7,
     "mini_world": 8,
     "demo": 9, "preflight": 9,

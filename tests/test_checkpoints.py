@@ -3,6 +3,9 @@
 import json
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,7 +51,13 @@ def _step(mappers, optimizer, scheduler):
     optimizer.zero_grad()
 
 
-def test_resume_continues_exactly(tmp_path, camera_normalization):
+def resume_continues_exactly(tmp_path: Path, cameras: np.ndarray) -> None:
+    """Save at step 3, run 3 more steps, restore and run them again: same weights and same RNG draws
+    (torch, numpy and python's global `random`, which the steps and the checks below draw from)."""
+    from viewneti_core.data.cameras import CameraNormalization
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    camera_normalization = CameraNormalization.from_cameras(cameras.reshape(-1, 12), "dtu-12d")
     mappers, params, optimizer, scheduler = _setup(camera_normalization)
     for _ in range(3):
         _step(mappers, optimizer, scheduler)
@@ -73,6 +82,18 @@ def test_resume_continues_exactly(tmp_path, camera_normalization):
         for name, value in mapper.state_dict().items():
             assert torch.equal(value, expected[key][name]), (key, name)
     assert (random.random(), float(np.random.rand())) == tail_draws
+
+
+def test_resume_continues_exactly(tmp_path, dtu_like_cameras):
+    """Runs in a fresh interpreter: threads that earlier tests leave behind (Dask comms, Prefect clients)
+    draw from python's global `random` at any moment, which would change the draws compared here."""
+    np.save(tmp_path / "cameras.npy", dtu_like_cameras)
+    script = ("import sys; from pathlib import Path; import numpy as np; import test_checkpoints as t; "
+              "t.resume_continues_exactly(Path(sys.argv[1]), np.load(sys.argv[2])); print('restored exactly')")
+    env = dict(os.environ) | {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run"), str(tmp_path / "cameras.npy")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("restored exactly"), done.stdout + done.stderr[-3000:]
 
 
 def test_layout_pruning_and_resolution(tmp_path, camera_normalization):

@@ -73,3 +73,32 @@ def test_bad_cluster_settings_are_rejected_when_the_config_is_read(cluster, mess
     with pytest.raises(ConfigError) as info:
         validate_benchmark({"execution": {"cluster": cluster}})
     assert message in str(info.value)
+
+
+def test_adapt_asks_for_a_worker_per_gpu_task_that_could_run():
+    """Dask's adaptive target counts 0.5 s per task of unknown duration and divides by threads per worker:
+    it asks for 1 worker for 3 GPU tasks, with no worker yet and with one 8-thread worker (which runs them
+    one at a time: GPU=1). `execution.cluster.adapt` uses GpuAdaptive, which asks for 3."""
+    import time
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from flows.cluster import gpu_workers_wanted
+
+    with LocalCluster(n_workers=0, threads_per_worker=8, resources={"GPU": 1}, processes=False,  # inproc: no sockets
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        scheduler = cluster.scheduler
+        with dask.annotate(resources={"GPU": 1}):
+            futures = [client.submit(time.sleep, 3, pure=False) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while len(scheduler.unrunnable) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (scheduler.adaptive_target(), gpu_workers_wanted(scheduler)) == (1, 3)
+        cluster.scale(1)
+        client.wait_for_workers(1, timeout=30)
+        while scheduler.unrunnable and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (scheduler.adaptive_target(), gpu_workers_wanted(scheduler)) == (1, 3)
+        client.gather(futures)
+        assert gpu_workers_wanted(scheduler) == 0

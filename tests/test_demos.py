@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from fixtures.prefect_server import prefect_server  # noqa: F401 - session fixture
 from PIL import Image
 
 pytestmark = pytest.mark.slow
+
+# A WARNING (or worse) line from one of our loggers, in Prefect's console format ("12:00:00.000 | WARNING
+# | viewneti_core.x - ..." or "| WARNING | Flow run 'name' - ...") or the CLI's ("WARNING viewneti_core.x: ...").
+_OURS = r"(?:viewneti_core|viewneti_cli|flows|tasks|bench)(?:\.\w+)*"
+OWN_WARNING = re.compile(rf"\b(?:WARNING|ERROR|CRITICAL)\s*\|\s*(?:{_OURS}\s+-|(?:Flow|Task) run ')"
+                         rf"|\b(?:WARNING|ERROR|CRITICAL) {_OURS}:")
 
 
 def _run(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
@@ -33,10 +40,18 @@ def test_core_demo_fits_a_held_out_mini_world_scene(tmp_path):
     assert summary["weights"] == "mini-world" and "not SD 2.1" in summary["note"]
     assert summary["scan"] == 114 and summary["input_views"] == [25, 22, 28] and summary["fit_steps"] == 200
     assert len(summary["images"]) == 6 and summary["grids"]
-    for relative in summary["images"] + summary["grids"]:
+    for relative in summary["images"]:
         with Image.open(out / relative) as image:
-            assert image.size[0] > 0
-    assert 5 < summary["novel_view_psnr"] < 60
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+        assert pixels.shape == (48, 64, 3) and pixels.std() > 0.02, relative  # a picture, not a flat fill
+    for relative in summary["grids"]:
+        with Image.open(out / relative) as image:
+            assert image.size[0] * image.size[1] > 64 * 48  # the views side by side
+    # Measured (DTU protocol, masked): ViewNeTI at 3 views, 200 steps on held-out scans 21/114 reaches
+    # 11.55 +- 0.29 dB over 25 test views (BENCHMARKS.md, 2026-12-03); on this scan's novel views 1, 9, 30
+    # uniform noise scores 9.2 dB and a black image 5.4 dB (2026-12-04). A flat grey scores 14 dB, which the
+    # pixel spread above rules out; a copy of the truth (100 dB) would mean the test views leaked into the fit.
+    assert 10.0 < summary["novel_view_psnr"] < 20.0, summary["novel_view_psnr"]
     assert "mini world" in text and "novel test views: PSNR" in text and "RANDOM" not in text
 
 
@@ -55,7 +70,7 @@ def test_core_demo_on_the_tiny_random_model_says_so(tmp_path):
     assert "random" in (done.stdout + done.stderr).lower()
 
 
-def test_pipeline_demo_runs_the_benchmark_and_prints_where_everything_is(prefect_server, tmp_path):  # noqa: F811
+def test_pipeline_demo_runs_the_benchmark_and_prints_where_everything_is(prefect_server, tmp_path):
     """`viewneti-pipeline demo` with its defaults, pointed (through --home/--port) at the test server,
     which it must reuse rather than start a second one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}  # as on a fresh shell
@@ -72,7 +87,10 @@ def test_pipeline_demo_runs_the_benchmark_and_prints_where_everything_is(prefect
     # a successful run is quiet: no per-component loading bars, no killed workers, no expected warnings
     assert "Loading weights" not in text and "Writing model shards" not in text
     assert "still alive after" not in text and "killing" not in text
-    assert "WARNING" not in text, [line for line in text.splitlines() if "WARNING" in line]
+    # No warning from our code: our loggers and the flow/task run loggers. (Dask's own warnings, such as
+    # "Event loop was unresponsive" on a loaded machine, say nothing about this product.)
+    own = [line for line in text.splitlines() if OWN_WARNING.search(line)]
+    assert not own, own
     assert "distributed.worker - INFO" not in text, "the local Dask cluster logs warnings and up only"
     rows = pd.read_parquet(report / "metrics_all.parquet")
     assert sorted(rows["run"].unique()) == ["scan114-1view", "scan114-3view", "scan21-1view", "scan21-3view"]

@@ -67,12 +67,20 @@ def test_each_image_depends_only_on_its_seed_and_camera(fitted_run, synthetic_dt
     assert not torch.allclose(batched[(0, 25)], batched[(0, 1)])  # different cameras differ
 
 
-def test_cli_infer_and_bad_inputs(fitted_run, tmp_path, capsys):
+def test_cli_infer_and_bad_inputs(fitted_run, synthetic_dtu_root, tmp_path, capsys):
     out = tmp_path / "cli"
     code = cli_main(["infer", "--run-dir", str(fitted_run), "--step", "2", "--seeds", "3", "--views", "0",
                      "--out", str(out)] + [])
     assert code == 0 and "RANDOM WEIGHTS" in capsys.readouterr().out
     assert json.loads((out / "predictions.json").read_text())["step"] == 2
+    # --step 2 rendered with checkpoint 2's mappers: its image is checkpoint 2's render, not the latest's
+    _, images = read_predictions(out)
+    camera = {0: dtu.load_cameras(synthetic_dtu_root)[0]}
+    rendered = {step: render_cameras(load_run(fitted_run, step=step), "<object>", camera, [3], progress=False)[(3, 0)]
+                for step in (2, 4)}
+    # predictions.safetensors holds 8-bit levels: half a level of rounding, plus float noise
+    torch.testing.assert_close(images[(3, 0)], rendered[2], atol=0.5 / 255 + 1e-4, rtol=0)
+    assert (images[(3, 0)] - rendered[4]).abs().max() > 2 / 255  # the two checkpoints render differently
 
     def error_of(*argv: str) -> str:
         assert cli_main(["infer", "--run-dir", str(fitted_run), *argv]) == 2

@@ -158,6 +158,7 @@ def test_view_control_is_real(shipped_mode3):
     assert right > permuted + 1.0, (right, permuted)  # measured 2026-12-02: 14.1 vs 11.5 dB
 
 
+@pytest.mark.slow  # two 200-step fits of a held-out scene
 def test_pretrained_view_mapper_beats_an_untrained_one_on_a_held_out_scan(tmp_path):
     """Held-out scan 114, fitted from its 3 input views (mode 5, 200 steps) once with the shipped
     pretrained view mapper and once with an untrained one, all 25 test views rendered: with the

@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 import yaml
 from fixtures.pipeline import small_benchmark_config
-from fixtures.prefect_server import prefect_server  # noqa: F401 - session fixture
 
 from flows.local_services import PrefectServer, free_port, port_in_use
 from flows.params import BenchmarkConfig, load_benchmark_config
@@ -155,7 +154,7 @@ def test_demo_inputs_builds_once_and_serves_the_archives(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_on_an_external_dask_cluster(prefect_server, synthetic_archives, tiny_model_dir, pretrained_run,  # noqa: F811
+def test_run_on_an_external_dask_cluster(prefect_server, synthetic_archives, tiny_model_dir, pretrained_run,
                                          tmp_path):
     """`viewneti-pipeline run --config FILE` with VIEWNETI_DASK_ADDRESS: the GPU tasks run on the given
     cluster's workers (here a real LocalCluster whose workers declare GPU=1, as docker/compose.yaml's do)."""

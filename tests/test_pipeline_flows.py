@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import yaml
 from fixtures.pipeline import small_benchmark_config
-from fixtures.prefect_server import prefect_server  # noqa: F401 - session fixture
 from fixtures.runs import make_train_config
 
 from tasks.runtime import read_ledger
@@ -18,7 +17,7 @@ from tasks.runtime import read_ledger
 pytestmark = pytest.mark.slow
 
 
-def test_per_scan_runs_to_completion_and_aggregate_reports_it(prefect_server, synthetic_archives,  # noqa: F811
+def test_per_scan_runs_to_completion_and_aggregate_reports_it(prefect_server, synthetic_archives,
                                                                tiny_model_dir, pretrained_run, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -50,7 +49,7 @@ def test_per_scan_runs_to_completion_and_aggregate_reports_it(prefect_server, sy
     assert "items without results yet: scan21-1view" in (report / "report.md").read_text()
 
 
-def test_aggregate_without_finished_items_fails_clearly(prefect_server, synthetic_archives, tiny_model_dir,  # noqa: F811
+def test_aggregate_without_finished_items_fails_clearly(prefect_server, synthetic_archives, tiny_model_dir,
                                                         pretrained_run, tmp_path):
     from flows.aggregate import aggregate_flow
 
@@ -63,7 +62,7 @@ def test_aggregate_without_finished_items_fails_clearly(prefect_server, syntheti
     assert not (tmp_path / "run" / "report").exists()
 
 
-def test_fit_resumes_a_compatible_run_and_starts_over_a_changed_one(prefect_server, synthetic_dtu_root,  # noqa: F811
+def test_fit_resumes_a_compatible_run_and_starts_over_a_changed_one(prefect_server, synthetic_dtu_root,
                                                                      tiny_model_dir, pretrained_run, tmp_path):
     """The fit task's rule (tasks/training.py): continue from the last checkpoint when only keys that
     may change between attempts differ (here max_train_steps), start over when anything else does

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures.prefect_server import prefect_server  # noqa: F401 - session fixture
 
 pytestmark = pytest.mark.slow
 
 
-def test_failed_run_prints_the_cause_first_and_short(prefect_server, tmp_path):  # noqa: F811
+def test_failed_run_prints_the_cause_first_and_short(prefect_server, tmp_path):
     """It printed 181 lines with 4 tracebacks, then outputs marked "(missing)" and artifact names that
     were never created; preflight named only the first missing thing."""
     from viewneti_core.evaluation.metrics import VGG16_FILE

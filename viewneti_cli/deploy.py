@@ -5,7 +5,7 @@
 creates (or keeps) the process work pool, the GPU concurrency limit (with --gpu-slots), the automation
 that marks zombie flow runs Crashed, and then registers every deployment of deployments/prefect.yaml
 (`prefect deploy --all`). Safe to run again: each piece is created only when missing, the automation is
-replaced so that it always matches this file.
+replaced so that it always matches flows/zombie_runs.py (where it is defined).
 
 Zombie runs: a flow run whose process is killed (kill -9, a lost node) never reports a final state and
 would stay RUNNING forever. Flow runs send a heartbeat event every PREFECT_FLOWS_HEARTBEAT_FREQUENCY
@@ -20,47 +20,19 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
+
+# The automation lives with the flows: `viewneti-pipeline run` and `demo` install it too (flows/zombie_runs.py).
+from flows.zombie_runs import (  # noqa: F401 - re-exported for scripts and tests
+    HEARTBEAT_S,
+    ZOMBIE_AFTER_S,
+    ZOMBIE_AUTOMATION,
+    ensure_zombie_automation,
+    zombie_automation,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 WORK_POOL = "viewneti-process"
-HEARTBEAT_S = 30  # Prefect's minimum; must match PREFECT_FLOWS_HEARTBEAT_FREQUENCY in deployments/prefect.yaml
-ZOMBIE_AFTER_S = 3 * HEARTBEAT_S  # three missed heartbeats
-ZOMBIE_AUTOMATION = "viewneti-crash-zombie-flow-runs"
-
-
-def zombie_automation():
-    """Proactive trigger: after a heartbeat, expect another heartbeat or a final state within ZOMBIE_AFTER_S."""
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-
-    return AutomationCore(
-        name=ZOMBIE_AUTOMATION,
-        description=f"Mark a flow run Crashed when it sent no heartbeat for {ZOMBIE_AFTER_S} s (its process died)",
-        trigger=EventTrigger(
-            match={"prefect.resource.id": ["prefect.flow-run.*"]},
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=ZOMBIE_AFTER_S),
-        ),
-        actions=[ChangeFlowRunState(state="CRASHED",
-                                    message=f"No heartbeat for {ZOMBIE_AFTER_S} s: the flow run's process is gone")],
-    )
-
-
-def ensure_zombie_automation() -> str:
-    """(Re)create the zombie automation; returns its id."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        for old in client.read_automations_by_name(ZOMBIE_AUTOMATION):
-            client.delete_automation(old.id)
-        return str(client.create_automation(zombie_automation()))
 
 
 def ensure_work_pool() -> None:
@@ -85,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         from flows.cluster import ensure_gpu_limit
 
         print(f"viewneti-gpu: {ensure_gpu_limit(args.gpu_slots)} slot(s)")
-    print(f"automation {ZOMBIE_AUTOMATION}: {ensure_zombie_automation()}")
+    print(f"automation {ZOMBIE_AUTOMATION}: {ensure_zombie_automation(replace=True)[0]}")
     done = subprocess.run([sys.executable, "-m", "prefect", "deploy", "--prefect-file", "deployments/prefect.yaml",
                            "--all", "--no-prompt"], cwd=REPO)
     return done.returncode

@@ -109,6 +109,7 @@ def _run_benchmark(config, server: PrefectServer | None) -> int:
     from flows.benchmark import dtu_benchmark
     from flows.cluster import ADDRESS_ENV, ensure_gpu_limit, local_gpu_slots
     from flows.console import shorten_console_errors
+    from flows.zombie_runs import crash_marking
 
     shorten_console_errors()
     _print(f"running dtu-benchmark '{config.name}': {len(config.items)} items, run dir {config.run_dir}")
@@ -119,7 +120,9 @@ def _run_benchmark(config, server: PrefectServer | None) -> int:
                f"(global concurrency limit {GPU_LIMIT})")
     failed = None
     try:
-        state = dtu_benchmark(config=config, return_state=True)
+        with crash_marking() as crash_note:
+            _print(crash_note)
+            state = dtu_benchmark(config=config, return_state=True)
         result = state.result(raise_on_failure=False)
         if state.is_failed():
             failed = str(result) if isinstance(result, BaseException) else (state.message or "failed")
@@ -199,6 +202,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
     config = _load(args.config, {}, args.overrides)
+    if args.params:  # for `prefect deployment run 'dtu-benchmark/full' --params "$(...)"`
+        import json
+
+        _print(json.dumps({"config": config.model_dump(mode="json")}))
+        return 0
     _print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     return 0
 
@@ -236,21 +244,33 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="print the validated benchmark configuration")
     config.add_argument("action", choices=["show"])
     config.add_argument("--config", type=Path, default=None)
+    config.add_argument("--params", action="store_true",
+                        help="print it as the JSON parameters of a dtu-benchmark deployment run ({\"config\": ...})")
     config.set_defaults(func=cmd_config)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # full tracebacks instead of one line (anywhere on the command line)
+    args, extra = parser.parse_known_args([arg for arg in argv if arg != "--debug"])
     args.overrides = extra
     try:
         from viewneti_core.config import ConfigError
+        from viewneti_core.errors import ArtifactError, describe_os_error
 
         try:
             return args.func(args)
-        except ConfigError as exc:
+        except (ConfigError, ArtifactError) as exc:
+            if debug:
+                raise
             _print(f"error: {exc}")
+            return 2
+        except OSError as exc:  # a full disk, a name too long: the path and the reason, not a traceback
+            if debug:
+                raise
+            _print(f"error: {describe_os_error(exc)}\n(run with --debug for the traceback)")
             return 2
     except LocalServiceError as exc:
         _print(f"error: {exc}")

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from viewneti_core.config import ConfigError, dump_config, load_config
-from viewneti_core.errors import ModelNotFoundError, PromptError
+from viewneti_core.errors import ModelNotFoundError, PromptError, RunInUseError, describe_os_error
 
 CORE_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "core_demo.yaml"  # any working directory
 
@@ -56,16 +56,24 @@ def _cmd_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     print(f"  images:  {result.images[0].parent if result.images else result.out_dir} ({len(result.images)} files)")
     for grid in result.grids:
         print(f"  grid:    {grid}")
+    if result.gif is not None:
+        print(f"  camera path (cameras {record['camera_path'][0]} -> {record['camera_path'][1]}, animated): {result.gif}")
     print(f"  summary: {result.summary}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from viewneti_core.base_model.sd_models import weights_note
-    from viewneti_core.training.trainer import train
+    import os
+
+    from viewneti_core.run_lock import hold_run_lock
 
     config = load_config(args.config, overrides)
-    result = train(config, resume=args.resume)
+    # The run directory's lock first, before torch is imported: a second run of it fails in a second.
+    with hold_run_lock(Path(config.log.exp_dir) / config.log.exp_name, enabled=int(os.environ.get("RANK", "0")) == 0):
+        from viewneti_core.base_model.sd_models import weights_note
+        from viewneti_core.training.trainer import train
+
+        result = train(config, resume=args.resume)
     label = " (RANDOM-WEIGHT base model: not benchmark quality)" if result.weights == "random" else ""
     label = label or (f" ({weights_note(result.weights)})" if weights_note(result.weights) else "")
     print(f"trained {result.steps} steps{label}; last checkpoint: {result.final_checkpoint}")
@@ -124,10 +132,24 @@ def _cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     out = evaluate_predictions(
         args.predictions, args.out, protocols=protocols, device=args.device, lpips_weights=args.lpips,
-        run_name=args.run_name, data_root=args.data_root,
+        run_name=args.run_name, data_root=args.data_root, uncertainty=args.uncertainty,
     )
     print(f"wrote per-image metrics ({', '.join(protocols)}) to {out}")
+    _print_spread(out)
     return 0
+
+
+def _print_spread(table: Path) -> None:
+    """One line on the columns across seeds: where the std maps are, or why there are none."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(table, columns=["uncertainty_seeds", "uncertainty_note", "predictions"]).to_pylist()
+    seeds = max((r["uncertainty_seeds"] for r in rows), default=0)
+    if seeds >= 2:
+        print(f"diversity, ensemble, best-of-{seeds} and calibration columns added; std maps (std_camNN.png, "
+              f"uncertainty_grid.png) in {rows[0]['predictions']}")
+    else:
+        print(f"no columns across seeds: {rows[0]['uncertainty_note'] if rows else 'no rows'}")
 
 
 def _cmd_summarize(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -136,7 +158,8 @@ def _cmd_summarize(args: argparse.Namespace, overrides: list[str]) -> int:
     result = summarize(args.tables, args.out)
     label = " (RANDOM WEIGHTS: not benchmark quality)" if result.random_weights else ""
     print(f"summarised {result.n_groups} groups{label}:")
-    for path in (result.markdown, result.csv, result.table, *result.plots):
+    extra = [result.uncertainty, result.uncertainty.with_suffix(".csv")] if result.uncertainty else []
+    for path in (result.markdown, result.csv, result.table, *extra, *result.plots):
         print(f"  {path}")
     return 0
 
@@ -155,7 +178,8 @@ def _cmd_import_original(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="viewneti", description="Viewpoint Neural Textual Inversion (ViewNeTI)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and full tracebacks of errors (also: --debug anywhere)")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
     demo = groups.add_parser("demo", help="sample view-conditioned images on the embedded default (tiny model)")
@@ -203,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="LPIPS VGG backbone: pretrained (torch hub cache), random (tests only), none (skip)")
     evaluate.add_argument("--data-root", type=Path, default=None, help="DTU tree (default: the one the run used)")
     evaluate.add_argument("--run-name", default=None, help="run label in the table (default: the run dir's name)")
+    evaluate.add_argument("--uncertainty", action=argparse.BooleanOptionalAction, default=None,
+                          help="per-view diversity, ensemble, best-of-N, std maps and AUSE across the seeds "
+                               "(default: on when the predictions hold 2 or more seeds)")
     evaluate.set_defaults(handler=_cmd_evaluate, takes_overrides=False)
 
     summarize = groups.add_parser("summarize", help="paper-style summary table and plots from evaluation tables")
@@ -305,7 +332,11 @@ def _add_data_command(subparsers, name: str, text: str, module: str, adder: str,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere, also after a subcommand's flags and overrides
+    argv = [arg for arg in argv if arg != "--debug"]
     args, rest = parser.parse_known_args(argv)
+    args.verbose = args.verbose or debug
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -313,11 +344,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.handler(args, rest)
-    except (ConfigError, ModelNotFoundError, PromptError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        # TrainingSetupError and the data errors are ValueErrors: user mistakes, not bugs.
+    except (ConfigError, ModelNotFoundError, PromptError, FileExistsError, FileNotFoundError, ValueError,
+            RunInUseError, OSError) as exc:
+        # TrainingSetupError, ArtifactError and the data errors are ValueErrors: user mistakes, not bugs.
+        # OSErrors (a full disk, a name too long, no permission) are the system's answer: one line with
+        # the path. Bugs keep their traceback.
         if args.verbose:
             raise
-        print(f"viewneti: error: {exc}\n(run with --verbose for the traceback)", file=sys.stderr)
+        text = describe_os_error(exc) if isinstance(exc, OSError) and exc.filename is not None else str(exc)
+        print(f"viewneti: error: {text}\n(run with --debug for the traceback)", file=sys.stderr)
         return 2
 
 

@@ -11,7 +11,10 @@ instant, races with threads creating files (Dask workers run tasks in threads).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -66,6 +69,27 @@ def temp_file_beside(target: Path, suffix: str = ".tmp") -> tuple[int, Path]:
     return fd, Path(tmp)
 
 
+_RUST_OS_ERROR = re.compile(r"(?:Os \{ code: |\(os error )(\d+)")  # Rust's io::Error, Debug or Display
+
+
+@contextmanager
+def naming_path(path: Path | str) -> Iterator[None]:
+    """OSErrors raised inside carry `path`: a failed write() (ENOSPC, EFBIG) names no file by itself,
+    and safetensors' Rust writer reports I/O errors as a SafetensorError with the errno in its text."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+    except Exception as exc:
+        found = _RUST_OS_ERROR.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc
+
+
 def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> Path:
     """`safetensors.torch.save_file`, published atomically with the mode of our other files."""
     from safetensors.torch import save_file
@@ -74,7 +98,8 @@ def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None 
     fd, tmp = temp_file_beside(path, suffix=".safetensors.tmp")
     os.close(fd)
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        with naming_path(path):
+            save_file(tensors, str(tmp), metadata=metadata)
         os.chmod(tmp, file_mode())  # safetensors (re)creates the file 0600
         os.replace(tmp, path)
     except BaseException:

@@ -30,6 +30,14 @@ from pydantic import (
 )
 
 from viewneti_core.data import dtu
+from viewneti_core.errors import ArtifactError
+from viewneti_core.safe_io import (
+    BoundedBaseLoader,
+    YAMLLimitError,
+    load_yaml_text,
+    read_yaml_file,
+    short_repr,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,12 @@ LEARNABLE_MODES = (0, 2, 3, 4, 5)
 # unconditional prompt's included). `<|...|>` is the shape of special tokens in CLIP-style vocabularies.
 CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 RETIRED_MODES = {1: "mode 1 (view mapper only, no object token) was retired by the paper; use mode 2 or 5"}
+# Filesystems take names of at most 255 bytes (NAME_MAX) and paths of 4096 (PATH_MAX); run names keep
+# room for the temporary names written beside them (".NAME.tmp-XXXXXXXX", ".NAME.lock").
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+RUN_NAME_MAX_BYTES = 200
+TOKEN_MAX_CHARS = 100  # placeholder tokens also name mapper files (object-NAME.safetensors)
 
 
 class ConfigError(ValueError):
@@ -46,6 +60,27 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _path_fits_filesystem(cls, value: Any) -> Any:
+        if isinstance(value, PurePath):
+            check_path_fits(value)
+        return value
+
+
+def check_path_fits(path: PurePath) -> PurePath:
+    """Refuse a path no filesystem can hold (a component over 255 bytes, the whole over 4096), so it
+    fails as a config error instead of an ENAMETOOLONG traceback deep in a run."""
+    total = len(str(path).encode("utf-8", "surrogateescape"))
+    if total > PATH_MAX_BYTES:
+        raise ValueError(f"path of {total} bytes; filesystems take at most {PATH_MAX_BYTES}")
+    for part in path.parts:
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > NAME_MAX_BYTES:
+            raise ValueError(f"path component {short_repr(part, 40)} is {size} bytes long; a file or directory "
+                             f"name may have at most {NAME_MAX_BYTES}")
+    return path
 
 
 class RuntimeConfig(_Section):
@@ -80,6 +115,11 @@ class LogConfig(_Section):
         if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
             raise ValueError("log.exp_name must be a plain directory name (no '/', '\\', '.' or '..'); "
                              "put the parent directory in log.exp_dir")
+        size = len(value.encode("utf-8", "surrogateescape"))
+        if size > RUN_NAME_MAX_BYTES:
+            raise ValueError(f"log.exp_name is {size} bytes long; a run name may have at most {RUN_NAME_MAX_BYTES} "
+                             f"(filesystems take {NAME_MAX_BYTES}-byte names, and the run writes temporary names "
+                             "beside its directory)")
         return value
 
 
@@ -154,8 +194,11 @@ class DataConfig(_Section):
 def check_placeholder_token(value: str) -> str:
     """'<name>': angle brackets keep a placeholder from matching a word of the vocabulary (e.g. the
     super-category word itself); CLIP's special tokens are refused."""
+    if len(value) > TOKEN_MAX_CHARS:
+        raise ValueError(f"a placeholder token may have at most {TOKEN_MAX_CHARS} characters (it also names "
+                         f"the mapper's files), got {len(value)}")
     if len(value) < 3 or not (value.startswith("<") and value.endswith(">")) or re.search(r"\s", value):
-        raise ValueError(f"placeholder tokens look like '<name>' without spaces, got {value!r}")
+        raise ValueError(f"placeholder tokens look like '<name>' without spaces, got {short_repr(value)}")
     if value in CLIP_SPECIAL_TOKENS or (value.startswith("<|") and value.endswith("|>")):
         raise ValueError(f"{value!r} is a special token of the CLIP tokenizer, not a new placeholder; "
                          "choose a new name like '<object>'")
@@ -285,15 +328,29 @@ def check_learnable_mode(mode: int) -> int:
 # ---- loading -----------------------------------------------------------------------------------
 
 
-def _format_validation_error(exc: ValidationError) -> str:
+MAX_ERROR_LINES = 20  # a 50 MB list of bad items must not give a 50 MB message
+MAX_ERROR_LINE = 300
+
+
+def error_lines(exc: ValidationError, unknown: str) -> list[str]:
+    """One short line per pydantic error: dotted key, message, at most a prefix of the bad value."""
+    errors = exc.errors(include_url=False, include_context=False)
     lines = []
-    for err in exc.errors():
+    for err in errors[:MAX_ERROR_LINES]:
         key = ".".join(str(part) for part in err["loc"]) or "<root>"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see `viewneti config show` for all keys)"
+            message = unknown
         shown = err["type"] != "extra_forbidden" and not isinstance(err["input"], dict)  # not a whole section
-        lines.append(f"  {key}: {message}" + (f" (got {err['input']!r})" if shown else ""))
+        line = f"  {key}: {message}" + (f" (got {short_repr(err['input'])})" if shown else "")
+        lines.append(line if len(line) <= MAX_ERROR_LINE else line[: MAX_ERROR_LINE - 3] + "...")
+    if len(errors) > MAX_ERROR_LINES:
+        lines.append(f"  ... and {len(errors) - MAX_ERROR_LINES} more")
+    return lines
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = error_lines(exc, "unknown key (check the spelling; see `viewneti config show` for all keys)")
     return "invalid configuration:\n" + "\n".join(lines)
 
 
@@ -353,10 +410,12 @@ def convert_override(key: str, raw: str, model: type[BaseModel]) -> Any:
         return raw
     if _is_structured(annotation) and not (_admits_none(annotation) and raw in _NULLS):
         try:
-            value = yaml.load(raw, Loader=yaml.BaseLoader)  # structure only: every scalar stays a string
+            value = load_yaml_text(raw, BoundedBaseLoader)  # structure only: every scalar stays a string
+        except YAMLLimitError as exc:
+            raise ConfigError(f"override --{key} refused: {exc}") from None
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"override --{key}: {raw!r} is not a YAML list or mapping ({problem})") from None
+            raise ConfigError(f"override --{key}: {short_repr(raw)} is not a YAML list or mapping ({problem})") from None
         return _convert(value, annotation)
     return _convert(raw, annotation)
 
@@ -472,13 +531,14 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: Path | str) -> dict[str, Any]:
+    """A config file within the limits of `safe_io` (1 MiB, nesting, alias expansion)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        data = read_yaml_file(path, "config file") or {}
+    except ArtifactError as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
     return data

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 RANDOM_LABEL = "RANDOM WEIGHTS - untrained mappers on a random tiny model - not benchmark quality"
 DEMO_PROMPT = "<view>. A photo of a <object>"
+CAMERA_PATH = (16, 25, 12)  # the middle camera row, left to right, 12 frames: the viewpoint change at a glance
 
 
 @dataclass
@@ -48,6 +49,7 @@ class DemoResult:
     summary: Path
     seconds: float
     record: dict | None = None
+    gif: Path | None = None  # the fitted scene along a camera path (mini-world demo)
 
 
 def ensure_tiny_model(model_dir: Path) -> Path:
@@ -78,8 +80,9 @@ def run_demo(
 
 
 def run_mini_world_demo(config: ViewNetiConfig, out_dir: Path, scan: int, views: tuple[int, ...],
-                        progress: bool = True) -> DemoResult:
-    """Fit mode 5 on `scan` from its 3 training views, render `views` over seeds, score the novel ones."""
+                        progress: bool = True, camera_path: tuple[int, int, int] = CAMERA_PATH) -> DemoResult:
+    """Fit mode 5 on `scan` from its 3 training views, render `views` over seeds and an animated sweep
+    along `camera_path` (first seed), score the novel views."""
     import pandas as pd
 
     from viewneti_core.evaluation.scoring import evaluate_predictions
@@ -99,7 +102,7 @@ def run_mini_world_demo(config: ViewNetiConfig, out_dir: Path, scan: int, views:
     config.log.exp_dir, config.log.exp_name, config.log.overwrite_ok = out_dir / "runs", f"scan{scan}", True
     fitted = train(config, progress=progress)
     inference = run_inference(fitted.run_dir, seeds=list(config.eval.seeds), views=list(views),
-                              out_dir=out_dir / "predictions", progress=progress)
+                              out_dir=out_dir / "predictions", camera_path=camera_path, progress=progress)
     table = evaluate_predictions(inference.out_dir, protocols=("viewneti",), lpips_weights="none",
                                  eval_size=EVAL_SIZE, progress=False, views_chosen=True)
     rows = pd.read_parquet(table)
@@ -123,12 +126,14 @@ def run_mini_world_demo(config: ViewNetiConfig, out_dir: Path, scan: int, views:
         "metrics": str(table.relative_to(out_dir)),
         "images": [str(p.relative_to(out_dir)) for p in sorted(inference.out_dir.glob("seed*_cam*.png"))],
         "grids": [str(p.relative_to(out_dir)) for p in inference.grids],
+        "camera_path": list(camera_path),
+        "camera_path_gif": str(inference.gif.relative_to(out_dir)),
         "seconds": round(seconds, 2),
     }
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     images = [out_dir / p for p in summary["images"]]
-    return DemoResult(out_dir, images, list(inference.grids), summary_path, seconds, summary)
+    return DemoResult(out_dir, images, list(inference.grids), summary_path, seconds, summary, inference.gif)
 
 
 def run_random_demo(config: ViewNetiConfig, out_dir: Path, scan: int, views: tuple[int, ...],

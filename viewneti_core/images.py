@@ -94,3 +94,39 @@ def labelled_grid(
         for c, tile in enumerate(row):
             grid.paste(tile.resize((tile_w, tile_h)), (left + pad + c * (tile_w + pad), y))
     return grid
+
+
+MAX_IMAGE_SIDE = 16384  # pixels per side of a stored image (predictions); more is a damaged file
+
+
+def image_tensor_problem(image: torch.Tensor) -> str | None:
+    """Why a stored image tensor is not an RGB image (None when it is one).
+
+    Accepted: uint8 (3, H, W), the format `viewneti infer` writes, or a floating (3, H, W) tensor with
+    finite values in [0, 1]. Integers of other widths and bools are ambiguous and refused, as are
+    NaN/inf, values outside [0, 1] and sides outside 1..MAX_IMAGE_SIDE."""
+    import torch
+
+    shape = tuple(image.shape)
+    if image.dim() != 3 or shape[0] != 3:
+        return f"has shape {shape}, expected an RGB image (3, H, W)"
+    if not all(1 <= side <= MAX_IMAGE_SIDE for side in shape[1:]):
+        return f"is {shape[2]}x{shape[1]} (W x H); each side must be 1..{MAX_IMAGE_SIDE} pixels"
+    if image.dtype == torch.uint8:
+        return None
+    if not image.is_floating_point():
+        return f"has dtype {str(image.dtype).removeprefix('torch.')}; images are uint8 (0..255) or floats in [0, 1]"
+    values = image.float()
+    if not torch.isfinite(values).all():
+        return f"holds {int((~torch.isfinite(values)).sum())} NaN or infinite value(s)"
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 1:
+        return f"has values in [{low:.4g}, {high:.4g}]; float images must lie in [0, 1] (or be stored as uint8)"
+    return None
+
+
+def image_to_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """A checked image tensor (see `image_tensor_problem`) as float32 in [0, 1]."""
+    import torch
+
+    return image.float() / 255 if image.dtype == torch.uint8 else image.to(torch.float32)

@@ -17,18 +17,33 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from safetensors.torch import load_file
 
 from viewneti_core.atomic_files import save_safetensors, temp_dir_beside
 from viewneti_core.base_model.sd_models import load_components, resolve_device, resolve_dtype, weights_note
 from viewneti_core.config import ConfigError, ViewNetiConfig, deep_merge, parse_overrides, validate_config
 from viewneti_core.data import dtu
 from viewneti_core.data.cameras import interpolate_cameras
-from viewneti_core.images import labelled_grid, load_image, save_image_atomic, to_pil
+from viewneti_core.errors import ArtifactError, PromptError
+from viewneti_core.images import (
+    image_tensor_problem,
+    image_to_unit_float,
+    labelled_grid,
+    load_image,
+    save_image_atomic,
+    to_pil,
+)
 from viewneti_core.method.acceleration import AccelerationOptions, apply_acceleration
-from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
+from viewneti_core.method.conditioning import VIEW_MAPPER_KEY, check_prompt_placeholders
 from viewneti_core.method.model import ViewNetiModel, build_model
 from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
+from viewneti_core.render_args import (
+    RenderArgumentError,
+    check_camera_path,
+    check_cameras,
+    check_render_size,
+    check_seeds,
+)
+from viewneti_core.safe_io import read_json_file, read_safetensors, require, short_repr
 from viewneti_core.training.checkpoints import (
     load_checkpoint_mappers,
     read_checkpoint_info,
@@ -163,10 +178,26 @@ def write_predictions(out_dir: Path, images: dict[tuple[int, int], torch.Tensor]
 
 
 def read_predictions(pred_dir: Path) -> tuple[dict, dict[tuple[int, int], torch.Tensor]]:
+    """The index and the images in [0, 1], every entry and tensor checked (ArtifactError naming the file)."""
     pred_dir = Path(pred_dir)
-    index = json.loads((pred_dir / PREDICTIONS_INDEX).read_text())
-    tensors = load_file(str(pred_dir / PREDICTIONS_FILE))
-    images = {(e["seed"], e["cam"]): tensors[e["key"]].float() / 255 for e in index["images"]}
+    index_path, tensors_path = pred_dir / PREDICTIONS_INDEX, pred_dir / PREDICTIONS_FILE
+    index = read_json_file(index_path, "predictions index")
+    entries = require(index, "images", list, str(index_path))
+    tensors = read_safetensors(tensors_path, "predictions")
+    images = {}
+    for i, entry in enumerate(entries):
+        where = f"{index_path} (images[{i}])"
+        if not isinstance(entry, dict):
+            raise ArtifactError(f"{where}: each image entry must be {{seed, cam, key}}")
+        seed, cam, key = require(entry, "seed", int, where), require(entry, "cam", int, where), require(entry, "key", str, where)
+        if key not in tensors:
+            raise KeyError(key)  # scoring names both files
+        problem = image_tensor_problem(tensors[key])
+        if problem is not None:
+            raise ArtifactError(f"{tensors_path}: prediction {short_repr(key, 40)} {problem}")
+        if (seed, cam) in images:
+            raise ArtifactError(f"{where}: seed {seed} cam {cam} is listed twice")
+        images[(seed, cam)] = image_to_unit_float(tensors[key])
     return index, images
 
 
@@ -269,26 +300,29 @@ def run_inference(
     base_model: str | None = None,
 ) -> InferenceResult:
     """Render the DTU evaluation views (or `views`) of a run for every seed and write all outputs;
-    `overrides` change the run's saved `run`/`eval` config (see `with_overrides`)."""
+    `overrides` change the run's saved `run`/`eval` config (see `with_overrides`). Every argument is
+    checked (render_args.py) before the model is loaded, so a bad one costs nothing and writes nothing."""
+    saved = with_overrides(ViewNetiConfig.model_validate(read_checkpoint_info(resolve_checkpoint(Path(run_dir), step))
+                                                         ["config"]), overrides)
+    if saved.learnable_mode == 0:
+        raise ValueError("mode-0 runs have no view mapper: use `viewneti generate` with a prompt instead")
+    seeds = check_seeds(list(saved.eval.seeds if seeds is None else seeds))
+    views = check_cameras(list(dtu.EVAL_VIEWS if views is None else views), dtu.NUM_VIEWS, "--views")
+    root = Path(saved.data.train_data_dir)
+    all_cameras = dtu.load_cameras(root)
+    camera_path = check_camera_path(camera_path, len(all_cameras))
+    frames = camera_path[2] if camera_path is not None else 0
+    check_render_size(saved.eval.width, saved.eval.height, len(views) * len(seeds), frames)
+
     run = load_run(run_dir, step, base_model=base_model, overrides=overrides)
     config = run.config
-    if config.learnable_mode == 0:
-        raise ValueError("mode-0 runs have no view mapper: use `viewneti generate` with a prompt instead")
-    seeds = list(config.eval.seeds if seeds is None else seeds)
-    if not seeds:
-        raise ValueError("the seeds list is empty: give at least one seed, e.g. --seeds 0,1,2")
     tokens = list(run.model.conditioner.object_mappers)
     token = object_token or tokens[0]
+    if token not in tokens:
+        raise ValueError(f"--token {token!r} is not a token of this run; it has {sorted(tokens)}")
     scan = scan_of_token(config, token)
-    root = Path(config.data.train_data_dir)
-    all_cameras = dtu.load_cameras(root)
-    views = list(dtu.EVAL_VIEWS if views is None else views)
-    bad = [v for v in views if not 0 <= v < dtu.NUM_VIEWS]
-    if bad:
-        raise ValueError(f"camera index(es) {bad} out of range: DTU views are 0..{dtu.NUM_VIEWS - 1}")
     subset = dtu.subset_views(config.data.dtu_subset)
     train_cams = set(subset) if config.learnable_mode != 3 else set()
-    frames = camera_path[2] if camera_path is not None else 0
     warn_if_slow_on_cpu(run.model.components.device, run.model.components.unet,
                         sampling_work(config, len(views) * len(seeds) + frames, ("--views", "--seeds")))
     images = render_cameras(run, token, {cam: all_cameras[cam] for cam in views}, seeds, progress=progress)
@@ -321,21 +355,25 @@ def load_cameras_arg(spec: str, camera_root: Path | None) -> dict[int, np.ndarra
     """'25,22,28' (DTU camera indices, needs a DTU root) or a JSON file with a list of 3x4 matrices."""
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
-        mats = np.asarray(json.loads(path.read_text()), dtype=np.float64)
+        try:
+            mats = np.asarray(read_json_file(path, "camera file", expect=list), dtype=np.float64)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, ArtifactError):
+                raise
+            raise ArtifactError(f"{path} must hold a list of 3x4 projection matrices of numbers") from None
         if mats.ndim != 3 or mats.shape[1:] != (3, 4):
-            raise ValueError(f"{path} must hold a list of 3x4 projection matrices, got shape {mats.shape}")
+            raise ArtifactError(f"{path} must hold a list of 3x4 projection matrices, got shape {mats.shape}")
+        if not np.isfinite(mats).all():
+            raise ArtifactError(f"{path} holds NaN or infinite numbers: projection matrices must be finite")
         return dict(enumerate(mats))
     if camera_root is None:
         raise ValueError("DTU camera indices need --camera-root (a DTU tree with Calibration/cal18)")
     try:
         indices = [int(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--cameras takes DTU indices like 25,22,28 or a .json file, got {spec!r}") from None
+        raise ValueError(f"--cameras takes DTU indices like 25,22,28 or a .json file, got {spec[:80]!r}") from None
     cameras = dtu.load_cameras(camera_root)
-    bad = [i for i in indices if not 0 <= i < len(cameras)]
-    if bad:
-        raise ValueError(f"camera index(es) {bad} out of range 0..{len(cameras) - 1}")
-    return {i: cameras[i] for i in indices}
+    return {i: cameras[i] for i in check_cameras(indices, len(cameras), "--cameras")}
 
 
 def run_generate(
@@ -354,12 +392,21 @@ def run_generate(
         resolve_view_mapper_path,
     )
 
-    if not seeds:
-        raise ValueError("the seeds list is empty")
     config = config or ViewNetiConfig()
+    seeds = check_seeds(list(seeds))
+    if not cameras:
+        raise RenderArgumentError("--cameras: no camera given")
+    check_render_size(config.eval.width, config.eval.height, len(cameras) * len(seeds))
+    if config.data.placeholder_view_token not in prompt:
+        raise PromptError(f"prompt {prompt[:200]!r} has no {config.data.placeholder_view_token} token, so the "
+                          f"cameras would be ignored; write e.g. '{config.data.placeholder_view_token}. A photo of a "
+                          "teddy bear'")
+    check_prompt_placeholders(prompt, config.data.placeholder_view_token, known=(),
+                              hint=": generate loads only a view mapper; name the object in words (e.g. "
+                                   "'a teddy bear'), or render a trained object with `viewneti infer`")
     stem = resolve_view_mapper_path(view_mapper)
     info_path = stem.parent.parent / "checkpoint.json"
-    recorded = json.loads(info_path.read_text())["base_model"] if info_path.is_file() else None
+    recorded = read_checkpoint_info(info_path.parent).get("base_model") if info_path.is_file() else None
     base = base_model or recorded
     if base is None:
         raise ValueError(f"{view_mapper} does not record its base model: pass --model")

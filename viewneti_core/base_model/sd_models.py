@@ -26,7 +26,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from viewneti_core.atomic_files import normalize_modes, temp_dir_beside
+from viewneti_core.atomic_files import naming_path, normalize_modes, temp_dir_beside
 from viewneti_core.base_model.model_names import BUILTIN_PREFIX
 from viewneti_core.base_model.model_names import looks_local as _looks_local
 from viewneti_core.errors import ModelNotFoundError
@@ -196,7 +196,7 @@ def save_components(components: SDComponents, out_dir: Path | str, builder: str 
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        with _quiet_progress_bars():
+        with _quiet_progress_bars(), naming_path(out_dir):  # a full disk names the model directory
             pipeline.save_pretrained(tmp, safe_serialization=True)
         _write_explicit_scheduler_config(components.scheduler, tmp / "scheduler" / "scheduler_config.json")
         info = {"weights": components.weights, "builder": builder, "note": weights_note(components.weights)}

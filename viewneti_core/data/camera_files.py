@@ -24,7 +24,6 @@ camera plus the optional extra `normalization_cameras` (e.g. the rest of a calib
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -41,6 +40,8 @@ from viewneti_core.data.cameras import (
     projection_matrix,
     spherical_to_center,
 )
+from viewneti_core.errors import ArtifactError
+from viewneti_core.safe_io import MAX_JSON_BYTES, load_json_text, read_text_limited, short_repr
 
 CAMERAS_JSON = "cameras.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -144,10 +145,10 @@ def load_camera_folder(folder: Path | str, representation: str = "dtu-12d", *,
             f"{path} not found: a capture folder needs a {CAMERAS_JSON} that poses its images "
             "(see docs/cameras_json.md)"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CameraFileError(f"{path}: not valid JSON ({exc})") from None
+    try:  # size and nesting bounds (safe_io); the message names the file
+        data = load_json_text(read_text_limited(path, MAX_JSON_BYTES, CAMERAS_JSON), str(path), CAMERAS_JSON)
+    except ArtifactError as exc:
+        raise CameraFileError(str(exc)) from None
     parser = _Parser(path, data, representation)
     entries = parser.images()
 
@@ -159,7 +160,7 @@ def load_camera_folder(folder: Path | str, representation: str = "dtu-12d", *,
         rel = _relative_file(entry.get("file"), where)
         key = rel.as_posix()
         if key in seen:
-            raise CameraFileError(f"{where}: {key!r} is already listed as images[{seen[key]}]; list each image once")
+            raise CameraFileError(f"{where}: {short_repr(key)} is already listed as images[{seen[key]}]; list each image once")
         seen[key] = index
         image_path = root / rel
         if not image_path.is_file():
@@ -192,7 +193,7 @@ def _relative_file(value: Any, where: str) -> PurePosixPath:
         raise CameraFileError(f"{where}: needs a 'file' with the image's path relative to the folder")
     rel = PurePosixPath(value.replace("\\", "/"))
     if rel.is_absolute() or ".." in rel.parts:
-        raise CameraFileError(f"{where}: 'file' must be a path inside the folder (relative, no '..'), got {value!r}")
+        raise CameraFileError(f"{where}: 'file' must be a path inside the folder (relative, no '..'), got {short_repr(value)}")
     return rel
 
 
@@ -211,7 +212,7 @@ class _Parser:
         convention = data.get("pose_convention", "opencv")
         if convention not in POSE_CONVENTIONS:
             raise CameraFileError(f"{path}: 'pose_convention' must be one of {list(POSE_CONVENTIONS)}, "
-                                  f"got {convention!r}")
+                                  f"got {short_repr(convention)}")
         self.convention = convention
         self.default_intrinsics = (
             _intrinsics(data["intrinsics"], f"{path}: top-level 'intrinsics'") if "intrinsics" in data else None
@@ -219,7 +220,7 @@ class _Parser:
 
     def where(self, section: str, index: int, entry: Any) -> str:
         name = entry.get("file") if isinstance(entry, dict) else None
-        return f"{self.path}: {section}[{index}]" + (f" ({name!r})" if isinstance(name, str) else "")
+        return f"{self.path}: {section}[{index}]" + (f" ({short_repr(name)})" if isinstance(name, str) else "")
 
     def list_of(self, key: str, required: bool) -> list:
         if key not in self.data:
@@ -322,7 +323,7 @@ def _numbers(value: Any, where: str, what: str) -> np.ndarray:
     """A nested list of real numbers (no strings or booleans) as a float64 array; finite."""
     def check(v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise CameraFileError(f"{where}: {what} must contain only numbers, found {v!r}")
+            raise CameraFileError(f"{where}: {what} must contain only numbers, found {short_repr(v)}")
         return float(v)
 
     def walk(v: Any) -> Any:

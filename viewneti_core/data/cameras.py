@@ -91,6 +91,12 @@ class CameraNormalization:
     def dim(self) -> int:
         return len(self.minimum)
 
+    @property
+    def has_range(self) -> bool:
+        """False when every camera number is constant (one camera, or copies of one): every camera
+        would then normalise to the zero vector and a view mapper trained on it could not tell views apart."""
+        return any(hi > lo for lo, hi in zip(self.minimum, self.maximum, strict=True))
+
     def to_dict(self) -> dict:
         return {"representation": self.representation, "min": list(self.minimum), "max": list(self.maximum)}
 

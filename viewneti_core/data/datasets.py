@@ -10,6 +10,7 @@ costs nothing; augmentations run per item on the fly.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from viewneti_core.data import dtu
 from viewneti_core.data.augmentations import build_augmentation
 from viewneti_core.data.cameras import CameraNormalization, camera_vector
 from viewneti_core.images import load_image
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -48,10 +51,35 @@ def load_resized(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """Decode an image as RGB and resize it (bicubic) to `size` = (W, H): uint8 (3, H, W).
 
     A truncated or corrupt file raises ImageDecodeError naming it."""
-    image = load_image(path, "RGB")
+    return _resized(load_image(path, "RGB"), size)
+
+
+def _resized(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     if image.size != tuple(size):
         image = image.resize(tuple(size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+
+
+ASPECT_TOLERANCE = 0.01  # relative; DTU's 1600x1200 -> 512x384 is exact
+
+
+def load_all_resized(paths: Sequence[Path], size: tuple[int, int], keys: str) -> list[torch.Tensor]:
+    """`load_resized` for every path, with one warning when some images have another aspect ratio than
+    `size` (they are stretched, not cropped, as the original did); `keys` names the size settings."""
+    images, stretched = [], []
+    for path in paths:
+        image = load_image(path, "RGB")
+        width, height = image.size
+        if abs(width * size[1] - height * size[0]) > ASPECT_TOLERANCE * height * size[0]:
+            stretched.append((path, width, height))
+        images.append(_resized(image, size))
+    if stretched:
+        path, width, height = stretched[0]
+        logger.warning(
+            "%d of %d training image(s) are stretched to %dx%d (aspect %.2f) from another aspect ratio, e.g. %s "
+            "(%dx%d, aspect %.2f): crop them to %.2f, or set %s to their shape", len(stretched), len(images),
+            size[0], size[1], size[0] / size[1], path, width, height, width / height, size[0] / size[1], keys)
+    return images
 
 
 def to_model_range(image: torch.Tensor) -> torch.Tensor:
@@ -98,7 +126,7 @@ class ViewImagesDataset(torch.utils.data.Dataset):
         self.paths = [Path(p) for p, _, _ in entries]
         self.cameras = torch.stack([c.to(torch.float32) for _, c, _ in entries])
         self.tokens = [t for _, _, t in entries]
-        self.images = [load_resized(p, self.size) for p in self.paths]
+        self.images = load_all_resized(self.paths, self.size, "data.width/data.height")
         self.augment = build_augmentation(augmentation, (self.size[1], self.size[0]))  # (H, W)
 
     def __len__(self) -> int:
@@ -218,7 +246,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 "data.train_data_dir (sub-folders are not searched)"
             )
         self.paths = paths
-        self.images = [load_resized(path, (size, size)) for path in paths]  # errors name the file
+        self.images = load_all_resized(paths, (size, size), "data.resolution")  # errors name the file
         self.placeholder_token = placeholder_token
         self.repeats = int(repeats)
 

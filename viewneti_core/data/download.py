@@ -36,8 +36,9 @@ UNREACHABLE_TRIES = 2  # a name that does not resolve or a refused connection: t
 UNREACHABLE_BACKOFF_S = 1.0
 USER_AGENT = "viewneti-data/1"
 _TRANSIENT_HTTP_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
-_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_UNSATISFIED_RANGE_RE = re.compile(r"bytes\s+\*/(\d+)")
+# Bounded digit runs: a hostile header with thousands of digits must not reach int() (4300-digit limit).
+_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)")
+_UNSATISFIED_RANGE_RE = re.compile(r"bytes\s+\*/(\d{1,20})")
 
 
 class DownloadError(RuntimeError):
@@ -250,8 +251,12 @@ def _attempt(url: str, part: Path, *, timeout_s: float, progress: bool) -> tuple
         content_type = response.headers.get("Content-Type")
         if offset and response.status == 206:
             start, total = _parse_content_range(response.headers.get("Content-Range"), url)
-            if start != offset:
-                raise DownloadError(f"{url}: asked for bytes from {offset}, server sent from {start}")
+            if start != offset:  # not a continuation of the .part: start the whole file again
+                logger.info("server resumed %s at byte %d, not %d; discarding the partial file", url, start, offset)
+                part.unlink(missing_ok=True)
+                _meta_path(part).unlink(missing_ok=True)
+                raise _TransientError(f"asked for bytes from {offset}, the server sent from {start}; restarting "
+                                      "from zero")
             mode = "ab"
         else:
             if offset:

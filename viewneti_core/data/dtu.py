@@ -136,7 +136,25 @@ def load_cameras(root: Path) -> np.ndarray:
                 f"Calibration/cal18/pos_001.txt .. pos_{NUM_CAMERAS:03d}.txt"
             )
         mats.append(parse_projection_matrix(path.read_text(), source=str(path)))
+    check_distinct_cameras(mats, [root / camera_relpath(cam) for cam in range(NUM_CAMERAS)])
     return np.stack(mats)
+
+
+def check_distinct_cameras(mats, sources) -> None:
+    """Refuse a calibration set with repeated cameras: copies of one file give a camera normalisation
+    with no range, which maps every camera to the same (zero) vector and trains without a word."""
+    first: dict[bytes, int] = {}
+    repeats = []
+    for i, mat in enumerate(mats):
+        j = first.setdefault(mat.tobytes(), i)
+        if j != i:
+            repeats.append((i, j))
+    if repeats:
+        i, j = repeats[0]
+        raise ValueError(
+            f"{sources[i]} holds the same camera as {sources[j]} ({len(first)} distinct cameras in "
+            f"{len(mats)} files): every DTU calibration file must hold its own camera; the calibration "
+            "folder is damaged or was filled with copies. Prepare it again from SampleSet.zip")
 
 
 def format_projection_matrix(matrix: np.ndarray) -> str:
@@ -163,7 +181,7 @@ def parse_rectified_member(name: str) -> tuple[int, int, int] | None:
     m = _RECTIFIED_MEMBER_RE.search(name)
     if m is None:
         return None
-    scan, cam1, light = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    scan, cam1, light = _scan_number(m.group(1), name), int(m.group(2)), int(m.group(3))
     if not (1 <= cam1 <= NUM_VIEWS and 0 <= light < NUM_LIGHTS):
         return None
     return scan, cam1 - 1, light
@@ -183,8 +201,22 @@ def parse_mask_member(name: str) -> tuple[int, int] | None:
     m = _MASK_MEMBER_RE.search(name)
     if m is None:
         return None
-    scan, cam = int(m.group(1)), int(m.group(2))
+    scan, cam = _scan_number(m.group(1), name), int(m.group(2))
     return (scan, cam) if 0 <= cam < NUM_VIEWS else None
+
+
+MAX_SCAN_DIGITS = 6  # DTU's scans are 1..128; a longer number is a damaged or hostile name
+
+
+def _scan_number(digits: str, name: str) -> int:
+    """The scan number of a member name; a digit run Python's int() would refuse (> 4300 digits) or that
+    no DTU release has is an error naming the member, never a bare int-conversion traceback."""
+    if len(digits) > MAX_SCAN_DIGITS:
+        shown = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]}"
+        raise ValueError(f"archive member {shown!r} ({len(name)} characters) has a {len(digits)}-digit scan "
+                         f"number; DTU scan numbers have at most {MAX_SCAN_DIGITS} digits: the archive is "
+                         "damaged or not a DTU release")
+    return int(digits)
 
 
 def scan_role(scan: int) -> str:

@@ -152,6 +152,7 @@ def prepare_dtu(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with _exclusive_lock(out_dir / LOCK_NAME):
+        _remove_stale_temp_files(out_dir)
         inputs = _input_fingerprint(sources, expected, scans, light)
         previous = _read_stamp(out_dir)
         if previous is not None and previous.get("inputs") == inputs:
@@ -170,11 +171,16 @@ def prepare_dtu(
         # From here on the tree is being changed: it is not complete until the new stamp exists.
         (out_dir / STAMP_NAME).unlink(missing_ok=True)
         (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-        for inv, mapping in zip(inventories, plan, strict=True):
+        for i, (inv, mapping) in enumerate(zip(inventories, plan, strict=True)):
             if not mapping:
                 continue
             if inv.is_zip:
-                _extract(inv, mapping, out_dir, progress, limits)
+                try:
+                    _extract(inv, mapping, out_dir, progress, limits)
+                except RangeNotSupportedError as exc:  # the server stopped honouring Range midway
+                    inventories[i] = inv = _whole_instead(inv, mapping, exc, cache_dir, retries, backoff_s,
+                                                          timeout_s, progress)
+                    _extract(inv, mapping, out_dir, progress, limits)
             else:
                 copy_files(inv.fetched.path, mapping, out_dir, progress=progress)
 
@@ -321,6 +327,22 @@ def _open_source(source: str, cache_dir: Path, sha256: str | None, retries: int,
             fetched = FetchedFile(source, cache_dir / url_filename(source), remote.size, None, True)
             return fetched, remote, ""
     return _fetch_source(source, cache_dir, sha256, retries, backoff_s, timeout_s, progress), None, note
+
+
+def _whole_instead(inv: _Inventory, mapping: dict[str, str], exc: Exception, cache_dir: Path, retries: int,
+                   backoff_s: float, timeout_s: float, progress: bool) -> _Inventory:
+    """Partial reading failed after it began: download the archive whole (verified like any download;
+    each member is CRC-checked again on extraction) and read the same members from it."""
+    note = f"partial reading failed midway ({exc})"
+    logger.warning("%s: %s; downloading the whole archive instead", inv.label, note)
+    fetched = _fetch_source(inv.fetched.source, cache_dir, None, retries, backoff_s, timeout_s, progress)
+    whole = _inventory(fetched, None, note)
+    held = {*whole.images.values(), *whole.cameras.values(), *whole.masks.values()}
+    missing = sorted(set(mapping) - held)
+    if missing:
+        raise PrepareError(f"{inv.label}: the whole download lacks member(s) {missing[:5]} that its central "
+                           "directory listed when read over HTTP Range: the archive changed on the server; run again")
+    return whole
 
 
 def _source_record(inv: _Inventory, mapping: dict[str, str], sha256_given: bool) -> dict:
@@ -625,6 +647,20 @@ def _write_parquet_atomically(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
+
+
+_TEMP_FILE_RE = re.compile(r"^\..+\.\d+\.tmp$")  # `.NAME.PID.tmp`: archives._write_atomically, the files below
+
+
+def _remove_stale_temp_files(out_dir: Path) -> None:
+    """Delete the `.NAME.PID.tmp` files a killed prepare left behind. Only prepare writes them in this
+    tree, and it holds the directory's exclusive lock while it does, so under the lock every one is stale."""
+    stale = [Path(d) / name for d, _dirs, names in os.walk(out_dir) for name in names if _TEMP_FILE_RE.match(name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d temporary file(s) left in %s by an interrupted prepare (e.g. %s)", len(stale),
+                    out_dir, stale[0].relative_to(out_dir))
 
 
 @contextlib.contextmanager

@@ -34,13 +34,14 @@ from viewneti_core.data.download import (
 
 logger = logging.getLogger(__name__)
 
-_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+)")
+_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20})")  # bounded: int() of a huge one fails
 TAIL_BYTES = 64 * 1024  # the first read at the end covers the end record (and a short comment)
 MAX_SPAN_BYTES = 64 << 20  # one request reads at most this much (a member is then read in pieces)
 
 
 class RangeNotSupportedError(DownloadError):
-    """The server ignores Range requests (it answered 200 with the whole file): use a full download."""
+    """The server ignores Range requests (it answered 200 with the whole file), answers a closed range
+    with another span (e.g. from the offset to the end) or with 416: use a full, verified download."""
 
 
 class RangeFile(io.RawIOBase):
@@ -63,7 +64,7 @@ class RangeFile(io.RawIOBase):
     def open(cls, url: str, *, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 1.0) -> RangeFile:
         """Probe `url` with a one-byte Range request; RangeNotSupportedError if the server ignores it."""
         probe = cls(url, 0, None, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
-        status, headers, body = probe._get({"Range": "bytes=0-0"}, allow_full=True)
+        status, headers, body = probe._get({"Range": "bytes=0-0"}, allow_full=True, span=(0, 1))
         if status != 206:
             raise RangeNotSupportedError(f"{url}: the server answered a Range request with HTTP {status}")
         match = _CONTENT_RANGE_RE.search(headers.get("Content-Range", ""))
@@ -133,14 +134,17 @@ class RangeFile(io.RawIOBase):
             i = bisect.bisect_right(self._span_ends, start)
             stop = self._span_ends[i] if i < len(self._span_ends) else end
         stop = max(end, min(stop, start + MAX_SPAN_BYTES))
-        status, headers, body = self._get({"Range": f"bytes={start}-{stop - 1}"})
-        match = _CONTENT_RANGE_RE.search(headers.get("Content-Range", ""))
-        if match is None or int(match.group(1)) != start or len(body) != stop - start:
+        status, headers, body = self._get({"Range": f"bytes={start}-{stop - 1}"}, span=(start, stop))
+        if len(body) != stop - start:
             raise DownloadError(f"{self.url}: asked for bytes {start}-{stop - 1}, got "
                                 f"{headers.get('Content-Range')!r} and {len(body)} bytes")
         self._buf_start, self._buf = start, body
 
-    def _get(self, extra: dict[str, str], allow_full: bool = False) -> tuple[int, dict, bytes]:
+    def _get(self, extra: dict[str, str], allow_full: bool = False,
+             span: tuple[int, int] | None = None) -> tuple[int, dict, bytes]:
+        """One Range request for bytes [span[0], span[1]), retried on transient failures. A 206 whose
+        Content-Range is another span is closed unread (a server answering "from N to the end" would
+        stream the rest of a 100+ GB archive into memory): RangeNotSupportedError, like a 416."""
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **extra}
         if self.validator:
             headers["If-Range"] = self.validator
@@ -153,13 +157,22 @@ class RangeFile(io.RawIOBase):
                     status, got = response.status, dict(response.headers)
                     if status == 200 and allow_full:
                         return status, got, b""  # closed unread: the caller falls back to a download
+                    if status == 200 and self.validator and self.validator in (got.get("ETag"), got.get("Last-Modified")):
+                        # the same file, sent whole: the server stopped honouring Range (closed unread)
+                        raise RangeNotSupportedError(f"{self.url}: the server answered {extra.get('Range')} "
+                                                     "with the whole file (HTTP 200)")
                     if status != 206:
                         raise DownloadError(f"{self.url} changed on the server while it was being read "
                                             f"(HTTP {status} to a Range request with If-Range); run again")
+                    _check_span(self.url, got.get("Content-Range"), span)
                     body = response.read()
                     self.bytes_received += len(body)
                     return status, got, body
             except urllib.error.HTTPError as exc:
+                if exc.code == 416:
+                    raise RangeNotSupportedError(f"{self.url}: the server answered {extra.get('Range')} with "
+                                                 f"HTTP 416 (range not satisfiable) after {failures} failed "
+                                                 "attempt(s)") from None
                 if exc.code not in _TRANSIENT_HTTP_CODES:
                     raise DownloadError(f"reading {self.url} failed: HTTP {exc.code} {exc.reason}") from None
                 problem = f"HTTP {exc.code} {exc.reason}"
@@ -173,6 +186,16 @@ class RangeFile(io.RawIOBase):
             wait = self.backoff_s * 2 ** (failures - 1)
             logger.warning("Range request to %s failed (%s); retrying in %.1f s", self.url, problem, wait)
             time.sleep(wait)
+
+
+def _check_span(url: str, content_range: str | None, span: tuple[int, int] | None) -> None:
+    """The 206 must be exactly the requested span (checked before its body is read)."""
+    match = _CONTENT_RANGE_RE.search(content_range or "")
+    if match is None:
+        raise RangeNotSupportedError(f"{url}: no usable Content-Range in a partial answer ({(content_range or '')[:80]!r})")
+    if span is not None and (int(match.group(1)), int(match.group(2)) + 1) != span:
+        raise RangeNotSupportedError(f"{url}: asked for bytes {span[0]}-{span[1] - 1}, the server answered "
+                                     f"{content_range[:80]!r}")
 
 
 def open_remote_zip(url: str, *, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 1.0) -> RangeFile:

@@ -109,7 +109,7 @@ class Primitive:
     size: np.ndarray
     angle: float  # rotation about z (boxes)
     colors: np.ndarray  # (2, 3) linear RGB in [0, 1]
-    texture: str  # "checker" | "stripes" | "rings" | "plain"
+    texture: str  # "checker" | "stripes" | "rings" | "plain" | "split"
     texture_scale: float  # mm
     texture_axis: np.ndarray  # unit vector for stripes
 
@@ -266,6 +266,8 @@ def _albedo(prim: Primitive, points: np.ndarray) -> np.ndarray:
         pattern = (np.floor(q).sum(axis=1) % 2).astype(np.float64)
     elif prim.texture == "stripes":
         pattern = (np.sin(2 * math.pi * (q @ prim.texture_axis)) > 0).astype(np.float64)
+    elif prim.texture == "split":  # two-tone: colours[1] on the side `texture_axis` points to
+        pattern = ((points - prim.base) @ prim.texture_axis > 0).astype(np.float64)
     elif prim.texture == "rings":
         pattern = (np.sin(2 * math.pi * np.linalg.norm(q[:, :2], axis=1)) > 0).astype(np.float64)
     else:  # plain, with a gentle smooth variation

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from viewneti_core.atomic_files import temp_file_beside
 from viewneti_core.data import dtu
+from viewneti_core.errors import ArtifactError
+from viewneti_core.evaluation import seed_spread
 from viewneti_core.evaluation.metrics import (
     EVAL_SIZE,
     LPIPS,
@@ -31,6 +33,7 @@ from viewneti_core.evaluation.metrics import (
     resize_bicubic_uint8,
 )
 from viewneti_core.inference import PREDICTIONS_FILE, PREDICTIONS_INDEX, read_predictions
+from viewneti_core.safe_io import require
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ ROW_SCHEMA = pa.schema([
     ("pred_width", pa.int64()),
     ("run_dir", pa.string()),
     ("predictions", pa.string()),  # the predictions directory the row was computed from
+    *seed_spread.SPREAD_FIELDS,  # per-view values across the seeds (seed_spread.py), repeated on each seed row
 ])
 
 
@@ -93,7 +97,18 @@ def _load(pred_dir: Path) -> tuple[dict, dict[tuple[int, int], torch.Tensor]]:
     missing = [k for k in ("scan", "n_views", "train_cams", "step", "data_root") if k not in index]
     if missing:
         raise ValueError(f"{pred_dir / PREDICTIONS_INDEX} lacks {missing}: not written by viewneti inference")
+    check_index_types(index, str(pred_dir / PREDICTIONS_INDEX))
     return index, images
+
+
+def check_index_types(index: dict, where: str) -> None:
+    """The keys of predictions.json that scoring reads, checked for their types (one line naming the file)."""
+    for key, kinds in (("scan", (int, type(None))), ("n_views", int), ("step", int), ("data_root", str),
+                       ("train_cams", list), ("light", int), ("learnable_mode", int)):
+        if key in index:
+            require(index, key, kinds, where)
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in index["train_cams"]):
+        raise ArtifactError(f"{where}: key 'train_cams' must list camera indices (integers)")
 
 
 def _to_uint8(image: torch.Tensor, what: str) -> torch.Tensor:
@@ -114,6 +129,7 @@ def evaluate_predictions(
     batch_size: int = 8,
     progress: bool = True,
     views_chosen: bool = False,
+    uncertainty: bool | None = None,
 ) -> Path:
     """Score every predicted image against DTU ground truth in each protocol; write one Parquet table.
 
@@ -122,7 +138,9 @@ def evaluate_predictions(
     column NaN). data_root overrides the DTU root recorded in predictions.json (e.g. on another
     machine). eval_size is the (H, W) of the protocol and is recorded in every row; change it only for
     quick checks. `views_chosen`: the caller rendered a subset of the views on purpose (the pipeline's
-    `views` parameter), so an incomplete regnerf view set is logged, not warned about. The file is
+    `views` parameter), so an incomplete regnerf view set is logged, not warned about. `uncertainty`: the
+    per-view columns across seeds and the std maps (seed_spread.py); None turns them on when the
+    predictions hold 2 or more seeds, True with fewer is an error. The file is
     written to a temporary name and renamed, so readers never see half a table.
     """
     pred_dir = Path(pred_dir)
@@ -159,6 +177,7 @@ def evaluate_predictions(
     check_aspect(pred_h, pred_w, f"the predictions in {pred_dir}")
     cams = sorted({cam for _, cam in preds})
     seeds = sorted({seed for seed, _ in preds})
+    spread_on = seed_spread.wanted(uncertainty, seeds, pred_dir)
 
     gts, masks = {}, {}
     for cam in cams:
@@ -216,6 +235,9 @@ def evaluate_predictions(
                 })
             bar.update(len(chunk))
     bar.close()
+    spread = seed_spread.score_spread(preds, gts, masks, work, rows, eval_size, device, lpips_model, batch_size,
+                                      pred_dir) if spread_on else None
+    seed_spread.add_spread_columns(rows, spread, "turned off" if len(seeds) >= 2 else "one seed: no spread")
     bad = [(r["seed"], r["cam"]) for r in rows if math.isnan(r["mse"])]
     if bad:
         logger.warning("empty masks (nothing to compare, metrics NaN) for (seed, cam) %s", sorted(set(bad)))

@@ -22,7 +22,10 @@ import pandas as pd
 import pyarrow as pa
 
 from viewneti_core.atomic_files import temp_file_beside
+from viewneti_core.errors import ArtifactError
+from viewneti_core.evaluation import spread_summary
 from viewneti_core.evaluation.scoring import ROW_SCHEMA, write_parquet_atomic
+from viewneti_core.evaluation.seed_spread import SPREAD_COLUMNS, not_computed
 
 METRICS = ("psnr", "ssim", "lpips")
 GROUP_KEYS = ["protocol", "n_views", "step", "mode", "weights", "model", "masked", "lpips_backbone",
@@ -42,6 +45,7 @@ class SummaryResult:
     plots: list[Path] = field(default_factory=list)
     n_groups: int = 0
     random_weights: bool = False  # at least one group used a random-weight base model
+    uncertainty: Path | None = None  # uncertainty.parquet: the rows across seeds (spread_summary.py), if any
 
 MINI_WORLD_BANNER = ("**MINI WORLD.** Rows with weights `mini-world` come from the mini world: synthetic scenes, "
                      "base model trained from scratch by this project on 2 CPU cores; not SD 2.1, not DTU.")
@@ -68,10 +72,20 @@ def load_tables(parquet_paths: Sequence[Path]) -> pd.DataFrame:
     for path in map(Path, parquet_paths):
         if not path.is_file():
             raise FileNotFoundError(f"evaluation table {path} does not exist")
-        frame = pd.read_parquet(path)
-        missing = [c for c in ROW_SCHEMA.names if c not in frame.columns]
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise ArtifactError(f"{path}: evaluation table is damaged or not Parquet "
+                                f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__})") from None
+        missing = [c for c in ROW_SCHEMA.names if c not in frame.columns and c not in SPREAD_COLUMNS]
         if missing:
             raise ValueError(f"{path} is not a viewneti evaluation table: it lacks columns {missing}")
+        wrong = [c for c in ("scan", "seed", "cam", "step", "psnr", "ssim", "lpips", "mse")
+                 if not pd.api.types.is_numeric_dtype(frame[c])]
+        if wrong:
+            raise ArtifactError(f"{path}: evaluation table columns {wrong} are not numeric")
+        if "uncertainty_seeds" not in frame.columns:  # a table written before the columns across seeds existed
+            frame = frame.assign(**{k: [v] * len(frame) for k, v in not_computed("older table").items()})
         frames.append(frame)
     df = pd.concat(frames, ignore_index=True)
     if df.empty:
@@ -155,8 +169,10 @@ def _fmt(mean: float, std: float, digits: int) -> str:
 
 def _markdown_rows(summary: pd.DataFrame) -> list[str]:
     lines = [
-        "| protocol | n_views | step | weights | masked | LPIPS backbone | scans | seeds | views averaged "
-        "| PSNR ↑ | SSIM ↑ | LPIPS ↓ |",
+        # The metrics come right after the two keys a reader compares by: a narrow pane (the Prefect UI's
+        # artifact view) shows them before anything is cut off at its right edge.
+        "| protocol | n_views | PSNR ↑ | SSIM ↑ | LPIPS ↓ | step | weights | masked | LPIPS backbone | scans "
+        "| seeds | views averaged |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.itertuples(index=False):
@@ -165,9 +181,9 @@ def _markdown_rows(summary: pd.DataFrame) -> list[str]:
         backbone = "**random (test only)**" if r.lpips_backbone == "random" else r.lpips_backbone
         views = str(r.min_views) if r.min_views == r.max_views else f"{r.min_views}-{r.max_views}"
         lines.append(
-            f"| {r.protocol} | {r.n_views} | {r.step} | {weights} | {masked} | {backbone} | {r.scans} | {r.n_seeds} "
-            f"| {views} | {_fmt(r.psnr_mean, r.psnr_std_scans, 2)} | {_fmt(r.ssim_mean, r.ssim_std_scans, 3)} "
-            f"| {_fmt(r.lpips_mean, r.lpips_std_scans, 3)} |"
+            f"| {r.protocol} | {r.n_views} | {_fmt(r.psnr_mean, r.psnr_std_scans, 2)} "
+            f"| {_fmt(r.ssim_mean, r.ssim_std_scans, 3)} | {_fmt(r.lpips_mean, r.lpips_std_scans, 3)} "
+            f"| {r.step} | {weights} | {masked} | {backbone} | {r.scans} | {r.n_seeds} | {views} |"
         )
     return lines
 
@@ -288,13 +304,26 @@ def per_view_figure(df: pd.DataFrame, suffix: str = ""):
 
 
 def summarize(parquet_paths: Sequence[Path], out_dir: Path) -> SummaryResult:
-    """Summarise evaluation tables into OUT_DIR/summary.{parquet,csv,md} and two PNG plots."""
+    """Summarise evaluation tables into OUT_DIR/summary.{parquet,csv,md} and two PNG plots; tables with
+    the columns across seeds add uncertainty.{parquet,csv}, a section of summary.md and sparsification.png."""
     out_dir = Path(out_dir)
     df = load_tables(parquet_paths)
     summary, per_scan = summary_frame(df)
     random = bool((summary["weights"] == "random").any())
     table = write_parquet_atomic(pa.Table.from_pandas(summary, preserve_index=False), out_dir / "summary.parquet")
     csv = _atomic(out_dir / "summary.csv", lambda p: summary.to_csv(p, index=False))
-    md = _atomic(out_dir / "summary.md", lambda p: p.write_text(markdown_table(summary)))
+    spread = spread_summary.spread_frame(df, GROUP_KEYS)
+    text = markdown_table(summary) + ("" if spread.empty else "\n" + spread_summary.spread_markdown(spread, summary))
+    md = _atomic(out_dir / "summary.md", lambda p: p.write_text(text))
     plots = _plots(df, per_scan, out_dir, random)
-    return SummaryResult(out_dir, table, csv, md, plots, len(summary), random)
+    uncertainty = None
+    if not spread.empty:
+        uncertainty = write_parquet_atomic(pa.Table.from_pandas(spread, preserve_index=False),
+                                           out_dir / "uncertainty.parquet")
+        _atomic(out_dir / "uncertainty.csv", lambda p: spread.to_csv(p, index=False))
+        fig = spread_summary.sparsification_figure(df, " — RANDOM WEIGHTS" if random else "")
+        plots.append(_atomic(out_dir / "sparsification.png", lambda p: fig.savefig(p, format="png", dpi=100)))
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return SummaryResult(out_dir, table, csv, md, plots, len(summary), random, uncertainty)

@@ -12,6 +12,7 @@ through the encoder together, in chunks of `max_rows` rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -27,6 +28,19 @@ MAX_LENGTH = 77
 def text_model_of(text_encoder: CLIPTextModel) -> nn.Module:
     """transformers < 5.6 nests the parts under `.text_model`; newer releases put them on the model."""
     return getattr(text_encoder, "text_model", text_encoder)
+
+
+_PLACEHOLDER_RE = re.compile(r"<[A-Za-z][\w-]*>")
+
+
+def check_prompt_placeholders(prompt: str, view_token: str, known: Sequence[str], hint: str = "") -> None:
+    """Refuse a `<name>` that no loaded mapper stands for: the tokenizer would read it as the plain
+    characters '<', 'name', '>' and the image would silently ignore what the user meant."""
+    unknown = sorted({m for m in _PLACEHOLDER_RE.findall(prompt) if m != view_token and m not in known})
+    if unknown:
+        loaded = ", ".join([view_token, *known])
+        raise PromptError(f"prompt {prompt[:200]!r} uses placeholder(s) {unknown} that have no mapper "
+                          f"(loaded: {loaded}){hint}")
 
 
 def add_placeholder_tokens(tokenizer: CLIPTokenizer, tokens: Sequence[str]) -> list[int]:
@@ -128,6 +142,7 @@ class TextConditioner:
         flags = [has_camera] * len(prompts) if isinstance(has_camera, bool) else list(has_camera)
         known_ids = {self.view_token_id, *self.object_token_ids.values()}
         for prompt, row, camera in zip(prompts, ids, flags, strict=True):
+            check_prompt_placeholders(prompt, self.view_token, list(self.object_token_ids))
             n_view = int((row == self.view_token_id).sum())
             if n_view > 1:
                 raise PromptError(f"prompt {prompt!r} has {n_view} {self.view_token} tokens; use exactly one")

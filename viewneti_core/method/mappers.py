@@ -9,16 +9,18 @@ norm of the super-category word) and a bypass vector added after the text encode
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from viewneti_core.atomic_files import save_safetensors
 from viewneti_core.data.cameras import CameraNormalization, camera_dim, check_camera_batch, normalize_cameras
+from viewneti_core.errors import ArtifactError
+from viewneti_core.safe_io import read_json_file, read_safetensors, require
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -112,7 +114,8 @@ class NeTIMapper(nn.Module):
 
         Always float32, autocast or not: the Fourier features of t (sigma 0.03) resolve differences that
         bf16 rounds away, and a mapper trained under bf16 autocast would otherwise compute something
-        else than the same mapper at float32 inference (the original trained and sampled in float32).
+        else than the same mapper at float32 inference (the original trained in float32; its inference ran
+        the mappers under float16 autocast, a deviation docs/fidelity.md explains).
         """
         device = self.target_norm.device
         with torch.autocast(device_type=device.type, enabled=False):
@@ -183,13 +186,68 @@ def save_mapper(mapper: NeTIMapper, path_stem: Path | str) -> tuple[Path, Path]:
 
 
 def load_mapper(path_stem: Path | str, device: torch.device | str = "cpu") -> NeTIMapper:
+    """Rebuild a mapper from `<stem>.json` and `<stem>.safetensors`, checking both first: a damaged,
+    truncated or foreign file fails with an ArtifactError naming it, never a raw traceback."""
     stem = Path(path_stem)
     weights = stem.with_suffix(".safetensors")
     meta = stem.with_suffix(".json")
     for path in (weights, meta):
         if not path.is_file():
             raise FileNotFoundError(f"mapper file {path} is missing")
-    config = MapperConfig(**json.loads(meta.read_text()))
-    mapper = NeTIMapper(config)
-    mapper.load_state_dict(load_file(str(weights), device="cpu"))
+    config = mapper_config_from_json(read_json_file(meta, "mapper metadata"), str(meta))
+    try:
+        mapper = NeTIMapper(config)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ArtifactError(f"{meta}: not a usable mapper description ({exc})") from None
+    tensors = read_safetensors(weights, "mapper weights")
+    expected = mapper.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ArtifactError(f"{weights}: mapper weights do not match {meta.name} (missing {missing[:4]}, "
+                            f"unexpected {unexpected[:4]})")
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[key].shape) or not value.is_floating_point():
+            raise ArtifactError(f"{weights}: tensor {key!r} is {value.dtype} {tuple(value.shape)}, expected "
+                                f"floating point {tuple(expected[key].shape)} (as {meta.name} describes)")
+        if not torch.isfinite(value).all():
+            raise ArtifactError(f"{weights}: tensor {key!r} holds NaN or infinite values")
+    mapper.load_state_dict(tensors)
     return mapper.to(device)
+
+
+_MAX_DIM = 1 << 16  # no real text encoder, MLP or UNet comes near; a garbage 10**12 must not allocate
+_CONFIG_FIELDS = {  # MapperConfig field -> (JSON types, required)
+    "kind": (str, True), "output_dim": (int, True), "target_norm": ((int, float), True),
+    "sigma_t": ((int, float), False), "sigma_l": ((int, float), False), "sigma_camera": ((int, float), False),
+    "hidden_dim": (int, False), "num_fourier_features": (int, False), "num_unet_layers": (int, False),
+    "camera_normalization": ((dict, type(None)), False), "token": (str, False),
+    "super_category_token": (str, False), "extra": (dict, False),
+}
+
+
+def mapper_config_from_json(data: dict, where: str) -> MapperConfig:
+    """A MapperConfig from its JSON, every key checked for presence, type and range."""
+    unknown = sorted(set(data) - set(_CONFIG_FIELDS))
+    if unknown:
+        raise ArtifactError(f"{where}: unknown mapper key(s) {unknown[:5]}: not a ViewNeTI mapper description")
+    values = {key: require(data, key, kinds, where) for key, (kinds, needed) in _CONFIG_FIELDS.items()
+              if needed or key in data}
+    for key in ("output_dim", "hidden_dim", "num_fourier_features", "num_unet_layers"):
+        if key in values and not 1 <= values[key] <= _MAX_DIM:
+            raise ArtifactError(f"{where}: {key} must be in 1..{_MAX_DIM}, got {values[key]}")
+    for key in ("target_norm", "sigma_t", "sigma_l", "sigma_camera"):
+        if key in values and not (math.isfinite(values[key]) and values[key] > 0):
+            raise ArtifactError(f"{where}: {key} must be a positive number, got {values[key]}")
+    camera = values.get("camera_normalization")
+    if camera is not None:
+        try:
+            normalization = CameraNormalization.from_dict(camera)
+            ok = len(normalization.minimum) == len(normalization.maximum) == camera_dim(normalization.representation)
+            ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v)
+                            for v in (*normalization.minimum, *normalization.maximum))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ArtifactError(f"{where}: camera_normalization must be {{representation, min, max}} with one "
+                                "finite number per camera element")
+    return MapperConfig(**values)

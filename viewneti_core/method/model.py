@@ -92,6 +92,9 @@ def build_model(
     data = config.data
     add_placeholder_tokens(components.tokenizer, [data.placeholder_view_token, *new_object_tokens])
     if view_mapper is None and view_camera_normalization is not None:
+        if not view_camera_normalization.has_range:
+            raise ValueError("the cameras a new view mapper is normalised over are all the same camera: every "
+                             "camera would map to the zero vector; give cameras that differ")
         view_mapper = new_mapper(
             components,
             config.model,

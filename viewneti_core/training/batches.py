@@ -140,6 +140,12 @@ def _camera_folder_data(config: ViewNetiConfig, root: Path, seed: int) -> Traini
     if config.learnable_mode == 3:
         raise ValueError(f"mode 3 pretrains on DTU scenes; {root} is a cameras.json capture folder")
     folder = load_camera_folder(root, data.camera_representation)
+    if config.learnable_mode == 2 and not folder.normalization.has_range:
+        raise ValueError(
+            f"{root / CAMERA_FILE}: mode 2 trains a new view mapper, normalised over the cameras listed there, "
+            f"and all {len(folder.image_paths)} image(s) (plus any normalization_cameras) have the same camera, so "
+            "every camera would map to the zero vector: list images from different cameras, add "
+            "'normalization_cameras' (docs/cameras_json.md), or fit with a pretrained view mapper (mode 5)")
     vectors = datasets.camera_vectors_of(folder.cameras, data.camera_representation)
     entries = [(path, vectors[i], data.placeholder_object_token) for i, path in enumerate(folder.image_paths)]
     dataset = datasets.ViewImagesDataset(entries, (data.width, data.height), data.placeholder_view_token,

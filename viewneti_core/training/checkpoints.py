@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from viewneti_core.atomic_files import save_safetensors
+from viewneti_core.atomic_files import naming_path, save_safetensors, temp_dir_beside
+from viewneti_core.errors import ArtifactError
 from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
 from viewneti_core.method.mappers import NeTIMapper, load_mapper, save_mapper
+from viewneti_core.safe_io import read_json_file, read_safetensors, require, short_repr
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -65,18 +66,19 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{step}"
-    tmp = root / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "mappers").mkdir(parents=True)
+    # A fresh name per writer: two writers never share (or delete) each other's temp dir.
+    tmp = temp_dir_beside(final, prefix=f".checkpoint-{step}.tmp-")
+    (tmp / "mappers").mkdir()
     try:
-        files = {}
-        for key, mapper in mappers.items():
-            stem = mapper_file_stem(key)
-            save_mapper(mapper, tmp / "mappers" / stem)
-            files[key] = f"mappers/{stem}"
-        meta = {"format_version": FORMAT_VERSION, "step": step, "mappers": files} | info
-        (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _save_training_state(tmp, optimizer, lr_scheduler, state)
+        with naming_path(final):  # a full disk names the checkpoint being written
+            files = {}
+            for key, mapper in mappers.items():
+                stem = mapper_file_stem(key)
+                save_mapper(mapper, tmp / "mappers" / stem)
+                files[key] = f"mappers/{stem}"
+            meta = {"format_version": FORMAT_VERSION, "step": step, "mappers": files} | info
+            (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n")
+            _save_training_state(tmp, optimizer, lr_scheduler, state)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -162,7 +164,30 @@ def resolve_checkpoint(run_dir: Path, which: str | int | Path) -> Path:
 
 
 def read_checkpoint_info(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((Path(checkpoint) / "checkpoint.json").read_text())
+    """checkpoint.json, checked: a step, mapper files inside the checkpoint, a config mapping if any."""
+    path = Path(checkpoint) / "checkpoint.json"
+    info = read_json_file(path, "checkpoint metadata")
+    step = require(info, "step", int, str(path))
+    if step < 0:
+        raise ArtifactError(f"{path}: key 'step' must be >= 0, got {step}")
+    mappers = require(info, "mappers", dict, str(path))
+    for key, stem in mappers.items():
+        if not isinstance(stem, str) or Path(stem).is_absolute() or ".." in Path(stem).parts or not stem:
+            raise ArtifactError(f"{path}: mapper {short_repr(key, 40)} must name a file inside the checkpoint, "
+                                f"got {short_repr(stem, 40)}")
+    if "config" in info and not isinstance(info["config"], dict):
+        raise ArtifactError(f"{path}: key 'config' must be a mapping of config sections")
+    return info
+
+
+def remove_stale_temp_dirs(run_dir: Path) -> list[Path]:
+    """Delete temp dirs of checkpoint writes that were interrupted. Only for the holder of the run's
+    lock: another live writer's temp dir would look the same."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    stale = sorted(root.glob(".checkpoint-*.tmp*")) if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 # ---- may a run continue from a checkpoint? (the CLI's --resume and the pipeline's retries) ------
@@ -226,21 +251,66 @@ def load_checkpoint_mappers(checkpoint: Path, device: torch.device | str = "cpu"
     return {key: load_mapper(Path(checkpoint) / stem, device=device) for key, stem in info["mappers"].items()}
 
 
-def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> TrainingState:
-    """Restore optimizer, LR schedule and every RNG; return the data position to continue from."""
+def read_training_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """training_state.{safetensors,json}, checked for every key `load_training_state` uses."""
     checkpoint = Path(checkpoint)
-    tensors = load_file(str(checkpoint / "training_state.safetensors"))
-    meta = json.loads((checkpoint / "training_state.json").read_text())
-    restore_optimizer(optimizer, tensors, meta["optimizer_param_groups"])
-    lr_scheduler.load_state_dict(meta["lr_scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
-    np_meta = meta["rng_numpy"]
-    np.random.set_state(
-        (np_meta["kind"], tensors["rng.numpy.keys"].numpy().astype(np.uint32), np_meta["pos"], np_meta["has_gauss"], np_meta["gauss"])
-    )
-    py = meta["rng_python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    tensors_path, meta_path = checkpoint / "training_state.safetensors", checkpoint / "training_state.json"
+    meta = read_json_file(meta_path, "training state")
+    where = str(meta_path)
+    for key in ("step", "epoch", "batch_in_epoch"):
+        if require(meta, key, int, where) < 0:
+            raise ArtifactError(f"{where}: key {key!r} must be >= 0, got {meta[key]}")
+    groups = require(meta, "optimizer_param_groups", list, where)
+    if not groups or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise ArtifactError(f"{where}: key 'optimizer_param_groups' must list the optimizer's parameter groups")
+    require(meta, "lr_scheduler", dict, where)
+    np_meta = require(meta, "rng_numpy", dict, f"{where} (rng_numpy)")
+    for key, kinds in (("kind", str), ("pos", int), ("has_gauss", int), ("gauss", (int, float))):
+        require(np_meta, key, kinds, f"{where} (rng_numpy)")
+    py = require(meta, "rng_python", dict, f"{where} (rng_python)")
+    require(py, "version", int, f"{where} (rng_python)")
+    state = require(py, "state", list, f"{where} (rng_python)")
+    if len(state) != 625 or not all(isinstance(v, int) and not isinstance(v, bool) for v in state):
+        raise ArtifactError(f"{where}: rng_python.state must be 625 integers (python's Mersenne Twister)")
+    require(py, "gauss", (int, float, type(None)), f"{where} (rng_python)")
+
+    tensors = read_safetensors(tensors_path, "training state")
+    rng = tensors.get("rng.torch")
+    if rng is None or rng.dtype != torch.uint8 or rng.dim() != 1:
+        raise ArtifactError(f"{tensors_path}: tensor 'rng.torch' (torch's RNG state, uint8) is missing or damaged")
+    keys = tensors.get("rng.numpy.keys")
+    if keys is None or keys.dtype != torch.int64 or tuple(keys.shape) != (624,):
+        raise ArtifactError(f"{tensors_path}: tensor 'rng.numpy.keys' (624 int64, numpy's RNG state) is missing "
+                            "or damaged")
+    bad = [k for k, v in tensors.items() if k.startswith("optimizer.") and v.is_floating_point()
+           and not torch.isfinite(v).all()]
+    if bad:
+        raise ArtifactError(f"{tensors_path}: optimizer state {bad[:3]} holds NaN or infinite values")
+    return tensors, meta
+
+
+def load_training_state(checkpoint: Path, optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> TrainingState:
+    """Restore optimizer, LR schedule and every RNG; return the data position to continue from. The
+    files are checked first; a state that does not fit this optimizer is named, not traced back."""
+    checkpoint = Path(checkpoint)
+    tensors, meta = read_training_state(checkpoint)
+    try:
+        restore_optimizer(optimizer, tensors, meta["optimizer_param_groups"])
+        lr_scheduler.load_state_dict(meta["lr_scheduler"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise ArtifactError(f"{checkpoint}: its optimizer state (training_state.*) does not fit this "
+                            f"run's mappers ({(str(exc) or type(exc).__name__).splitlines()[0][:160]})") from None
+    try:
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+        np_meta = meta["rng_numpy"]
+        np.random.set_state((np_meta["kind"], tensors["rng.numpy.keys"].numpy().astype(np.uint32), np_meta["pos"],
+                             np_meta["has_gauss"], np_meta["gauss"]))
+        py = meta["rng_python"]
+        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        raise ArtifactError(f"{checkpoint}: its random-generator states cannot be restored "
+                            f"({(str(exc) or type(exc).__name__).splitlines()[0][:160]})") from None
     return TrainingState(step=meta["step"], epoch=meta["epoch"], batch_in_epoch=meta["batch_in_epoch"])

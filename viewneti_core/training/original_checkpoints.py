@@ -255,6 +255,7 @@ def calibration_normalization(dtu_root: Path | None, calibration: Path | None) -
             raise FileNotFoundError(f"missing calibration file {file}: --calibration needs the 64 files "
                                     f"pos_001.txt .. pos_{dtu.NUM_CAMERAS:03d}.txt of DTU's Calibration/cal18")
         mats.append(dtu.parse_projection_matrix(file.read_text(), source=str(file)))
+    dtu.check_distinct_cameras(mats, [folder / Path(dtu.camera_relpath(cam)).name for cam in range(dtu.NUM_CAMERAS)])
     return CameraNormalization.from_cameras(np.stack(mats).reshape(-1, 12), "dtu-12d"), str(folder)
 
 

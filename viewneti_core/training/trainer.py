@@ -25,12 +25,13 @@ from diffusers.optimization import get_scheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from viewneti_core.atomic_files import temp_file_beside
+from viewneti_core.atomic_files import naming_path, temp_file_beside
 from viewneti_core.base_model.sd_models import SDComponents, load_components, resolve_device
 from viewneti_core.config import ViewNetiConfig, dump_config
 from viewneti_core.method.acceleration import AccelerationOptions, apply_acceleration
 from viewneti_core.method.conditioning import VIEW_MAPPER_KEY, TextConditioner
 from viewneti_core.method.model import ViewNetiModel, build_model
+from viewneti_core.run_lock import RunLock, hold_run_lock
 from viewneti_core.training.batches import (
     SeededItems,
     TrainingData,
@@ -45,6 +46,8 @@ from viewneti_core.training.checkpoints import (
     load_checkpoint_mappers,
     load_training_state,
     read_checkpoint_info,
+    read_training_state,
+    remove_stale_temp_dirs,
     resolve_checkpoint,
     resume_problems,
     save_checkpoint,
@@ -189,7 +192,9 @@ def resume_checkpoint_of(config: ViewNetiConfig, resume: str | int | Path) -> Pa
                 f"they are written every log.save_steps = {config.log.save_steps} steps); {start_over}"
             )
     checkpoint = resolve_checkpoint(run_dir, resume)
-    problems = resume_problems(checkpoint, config.model_dump(mode="json"))
+    problems = resume_problems(checkpoint, config.model_dump(mode="json"))  # reads checkpoint.json, checked
+    read_training_state(checkpoint)  # a damaged state or mapper fails now, before anything is loaded or written
+    load_checkpoint_mappers(checkpoint)
     if problems:
         raise TrainingSetupError(
             f"cannot resume from {checkpoint}: " + "; ".join(problems) + ". Continue it with its own "
@@ -210,6 +215,17 @@ def check_new_tokens(tokenizer, tokens: list[str], source: str) -> None:
             f"placeholder token(s) {', '.join(taken)} already exist in the tokenizer of {source}: choose new names "
             "(data.placeholder_view_token, data.placeholder_object_token, data.scan_token_pattern)"
         )
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = temp_file_beside(path)
+    try:
+        with naming_path(path), os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -287,7 +303,23 @@ def train(
     on_step_end: Callable[[int], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train the mappers of `config.learnable_mode`; `on_step_end(step)` runs after each optimizer step."""
+    """Train the mappers of `config.learnable_mode`; `on_step_end(step)` runs after each optimizer step.
+
+    The run directory's lock (`run_lock`) is held from before the first check to the end: a second
+    run or resume of the same directory fails at once, naming this one's host and PID. Under a
+    multi-process launch, rank 0 holds it for all ranks."""
+    with hold_run_lock(run_dir_of(config), enabled=int(os.environ.get("RANK", "0")) == 0) as lock:
+        return _train(config, resume, components, on_step_end, progress, lock)
+
+
+def _train(
+    config: ViewNetiConfig,
+    resume: str | None,
+    components: SDComponents | None,
+    on_step_end: Callable[[int], None] | None,
+    progress: bool,
+    lock: RunLock | None,
+) -> TrainResult:
     check_training_inputs(config, resume)
     run_dir = run_dir_of(config)
     resume_checkpoint = resume_checkpoint_of(config, resume) if resume is not None else None
@@ -327,15 +359,6 @@ def train(
     logger.info("acceleration: %s", apply_acceleration(components, acceleration).applied or "none")
     conditioner = model.conditioner
 
-    if accelerator.is_main_process:
-        if resume_checkpoint is None and run_dir.exists() and config.log.overwrite_ok:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            (run_dir / METRICS_FILE).unlink(missing_ok=True)
-        elif resume_checkpoint is not None:
-            truncate_metrics(run_dir / METRICS_FILE, read_checkpoint_info(resume_checkpoint)["step"])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(config))
-
     trainable = [p for p in conditioner.mappers.parameters() if p.requires_grad]
     lr = optim.learning_rate
     if optim.scale_lr:
@@ -354,6 +377,18 @@ def train(
     if resume_checkpoint is not None:
         state = load_training_state(resume_checkpoint, optimizer, lr_scheduler)
         logger.info("resumed from %s at step %d", resume_checkpoint, state.step)
+    # The run directory changes only now, after every input (a resumed checkpoint included) was read.
+    if accelerator.is_main_process:
+        if resume_checkpoint is None and run_dir.exists() and config.log.overwrite_ok:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        elif resume_checkpoint is not None:
+            truncate_metrics(run_dir / METRICS_FILE, read_checkpoint_info(resume_checkpoint)["step"])
+        removed = remove_stale_temp_dirs(run_dir)  # we hold the lock: no other writer owns them
+        if removed:
+            logger.info("removed %d temp dir(s) of interrupted checkpoint writes in %s", len(removed), run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", dump_config(config))
     if accelerator.is_main_process and config.log.report_to != "none":
         accelerator.init_trackers(config.log.exp_name)
 
@@ -411,12 +446,14 @@ def train(
             bar.set_postfix(loss=f"{step_loss:.4f}")
             record = {"step": state.step, "loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}
             if accelerator.is_main_process:
-                with (run_dir / METRICS_FILE).open("a") as f:
+                with naming_path(run_dir / METRICS_FILE), (run_dir / METRICS_FILE).open("a") as f:
                     f.write(json.dumps(record) + "\n")
             accelerator.log({"loss": step_loss, "lr": record["lr"]}, step=state.step)
 
             done = state.step >= optim.max_train_steps
             if accelerator.is_main_process and (state.step % config.log.save_steps == 0 or done):
+                if lock is not None:
+                    lock.check_still_held()
                 save_checkpoint(
                     run_dir, state.step, dict(conditioner.mappers.items()), checkpoint_info(config, model),
                     optimizer, lr_scheduler, state, config.log.checkpoints_total_limit,

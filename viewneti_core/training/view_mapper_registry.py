@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-
 from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
 from viewneti_core.method.mappers import NeTIMapper, load_mapper
+from viewneti_core.safe_io import read_yaml_file
 from viewneti_core.training.checkpoints import list_checkpoints, read_checkpoint_info, resolve_checkpoint
 
 REGISTRY_ENV = "VIEWNETI_VIEW_MAPPER_REGISTRY"
@@ -23,7 +22,7 @@ def read_registry(path: Path | None = None) -> dict[str, dict]:
     path = path or registry_path()
     if not path.is_file():
         return {}
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml_file(path, "view-mapper registry") or {}  # size, nesting and alias bounds
     if not isinstance(data, dict):
         raise ValueError(f"{path} must map names to {{path: ..., description: ...}} entries")
     return data
