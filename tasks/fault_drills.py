@@ -24,6 +24,9 @@ class InjectedFailure(RuntimeError):
         super().__init__(message)
         self.transient = transient
 
+    def __reduce__(self):  # both arguments: Dask sends the exception between processes by pickling it
+        return type(self), (str(self), self.transient)
+
 
 def maybe_inject_failure(item: str, stage: str, marker_dir: Path, step: int | None = None) -> None:
     """Raise for `item` at `stage` if VIEWNETI_PIPELINE_FAIL_ITEMS lists it (a no-op otherwise).

@@ -314,11 +314,12 @@ def assert_inline_pictures(markdown: str, run_dir: Path) -> None:
 
     found = dict(re.findall(r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown))
     plots = sorted((run_dir / "report").glob("*.png"))
-    grids = {item.name: next(item.rglob("grid_seed0.png")) for item in (run_dir / "items").iterdir()}
+    items = [p for p in (run_dir / "items").iterdir() if p.is_dir()]  # beside them: each run's .NAME.lock
+    grids = {item.name: next(item.rglob("grid_seed0.png")) for item in items}
     assert plots and len(grids) == 4
     expected = {p.stem: (p, PLOT_MAX_SIDE) for p in plots}
     expected |= {f"{item} grid_seed0": (grid, GRID_MAX_SIDE) for item, grid in grids.items()}
-    spreads = {item.name: next(item.rglob("uncertainty_grid.png")) for item in (run_dir / "items").iterdir()}
+    spreads = {item.name: next(item.rglob("uncertainty_grid.png")) for item in items}
     expected |= {f"{item} std maps": (grid, GRID_MAX_SIDE) for item, grid in spreads.items()}  # 2 seeds rendered
     assert set(found) == set(expected), (sorted(found), sorted(expected))
     gifs = dict(re.findall(r"!\[([^\]]*) camera path\]\(data:image/gif;base64,([A-Za-z0-9+/=]+)\)", markdown))
@@ -642,7 +643,6 @@ def test_cluster_that_cannot_start_fails_the_run_before_any_work(prefect_server,
 # ---- an unreachable archive host ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["dns", "refused"])
 def _seconds_to_fail(url: str) -> float:
     """How long one request to an unreachable `url` takes to fail here (DNS or a refused connection)."""
     import urllib.error
@@ -654,6 +654,7 @@ def _seconds_to_fail(url: str) -> float:
     return time.monotonic() - start
 
 
+@pytest.mark.parametrize("host", ["dns", "refused"])
 def test_unreachable_archive_host_fails_once_with_one_message(prefect_server, tiny_model, tmp_path, host):
     """A name that does not resolve or a refused connection is permanent after two quick tries: one
     prepare attempt (not 3 task attempts x 6 downloads), and the flow's message is the download's."""
