@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +53,12 @@ def test_core_demo_fits_a_held_out_mini_world_scene(tmp_path):
     # pixel spread above rules out; a copy of the truth (100 dB) would mean the test views leaked into the fit.
     assert 10.0 < summary["novel_view_psnr"] < 20.0, summary["novel_view_psnr"]
     assert "mini world" in text and "novel test views: PSNR" in text and "RANDOM" not in text
+    gif = out / summary["camera_path_gif"]  # the fitted scene along cameras 16 -> 25, printed in the summary
+    assert summary["camera_path"] == [16, 25, 12] and f"camera path (cameras 16 -> 25, animated): {gif}" in text
+    with Image.open(gif) as animation:
+        frames = [np.asarray(f.convert("RGB"), dtype=float) for f in ImageSequence.Iterator(animation)]
+    assert animation.format == "GIF" and len(frames) >= 2 and frames[0].shape == (48, 64, 3)
+    assert max(np.abs(frame - frames[0]).mean() for frame in frames) > 1.0  # the view changes along the path
 
 
 def test_core_demo_on_the_tiny_random_model_says_so(tmp_path):

@@ -65,3 +65,17 @@ def test_report_shows_grids_and_the_camera_path(tmp_path):
     [encoded] = re.findall(r"!\[scan114-3view camera path\]\(data:image/gif;base64,([A-Za-z0-9+/=]+)\)", ui)
     assert base64.b64decode(encoded) == gif.read_bytes()  # the animation itself, not a still thumbnail
     assert "camera path" in ui.split("## Items")[1].split("## Pictures")[0]  # linked in the items table too
+
+
+def test_camera_path_of_the_benchmark_config_is_checked():
+    import pytest
+    from pydantic import ValidationError
+
+    from flows.params import BenchmarkConfig
+
+    assert BenchmarkConfig(camera_path=(16, 25, 12)).camera_path == (16, 25, 12)
+    assert BenchmarkConfig().camera_path is None  # no GIF unless asked for
+    for bad, message in (((16, 64, 12), "cameras \\[64\\] are outside 0..63"), ((-1, 25, 12), "cameras \\[-1\\]"),
+                         ((16, 25, 1), "frames must be 2..240")):
+        with pytest.raises(ValidationError, match=message):
+            BenchmarkConfig(camera_path=bad)
