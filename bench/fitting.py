@@ -15,6 +15,7 @@ reported as global optimizer steps per second (each consuming N x batch x accumu
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import time
 from contextlib import nullcontext
@@ -111,13 +112,22 @@ def _measure(bench, loss_fn, module, mode, args, device, dtype, steps, warmup, d
     return out
 
 
+_SEEDS = itertools.count()
+
+
+def _item_seeds(n: int) -> torch.Tensor:
+    """Fresh per-image seeds, as `train()` passes them (each image draws its noise from its own generator)."""
+    return torch.tensor([next(_SEEDS) for _ in range(n)], dtype=torch.int64)
+
+
 def _run_ours(args, device, dtype, mode, num_scenes, ddp) -> dict:
     ours = build_bench_model(args.model, device, dtype, mode=mode, num_scenes=num_scenes, acceleration=args.acceleration)
     module = MapperForward(ours.conditioner)
     if ddp:
         module = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
     out = _measure(
-        ours, lambda p, i, c: diffusion_loss(ours.components, module, p, i, c), module, mode, args, device, dtype,
+        ours, lambda p, i, c: diffusion_loss(ours.components, module, p, i, c, item_seeds=_item_seeds(len(p))),
+        module, mode, args, device, dtype,
         args.train_steps, args.train_warmup, ddp,
     )
     out["acceleration"] = vars(ours.acceleration) if ours.acceleration else None

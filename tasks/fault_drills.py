@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tasks.runtime import CORE_LOGGER, worker_identity, write_json_atomic
 
-FAIL_ITEMS_ENV = "VIEWNETI_PIPELINE_FAIL_ITEMS"  # "scan114-1view[@stage[+step]][:once|:kill|:hold],..."
+FAIL_ITEMS_ENV = "VIEWNETI_PIPELINE_FAIL_ITEMS"  # "scan114-1view[@stage[+step]][:once|:kill|:hold|:meet=N],..."
+MEET_DIR_ENV = "VIEWNETI_PIPELINE_MEET_DIR"  # the rendezvous folder of ':meet=N', shared by the runs that meet
 KILLED_EXIT_CODE = 86  # exit status of a worker process killed by injection
 HOLD_LIMIT_S = 600.0  # a held attempt that nobody killed gives up (fails for good) after this long
 
@@ -37,7 +38,10 @@ def maybe_inject_failure(item: str, stage: str, marker_dir: Path, step: int | No
     attempt only: a transient failure that a retry fixes), `...:kill` (the first attempt kills the whole
     Dask worker process, as a crashed or preempted machine would: no exception, no cleanup), `...:hold`
     (the first attempt stops where it is and waits, holding its worker, until someone kills that worker:
-    a Slurm job cancelled or out of walltime at a known point; the marker file names the worker and job).
+    a Slurm job cancelled or out of walltime at a known point; the marker file names the worker and job),
+    `...:meet=N` (not a failure: a barrier; the attempt signs in to $VIEWNETI_PIPELINE_MEET_DIR and waits
+    until N attempts, of any runs, have signed in there; then all go on. Tests use it to make two runs'
+    GPU tasks run at the same instant instead of hoping they do).
     """
     spec = os.environ.get(FAIL_ITEMS_ENV, "")
     for entry in filter(None, (e.strip() for e in spec.split(","))):
@@ -49,6 +53,9 @@ def maybe_inject_failure(item: str, stage: str, marker_dir: Path, step: int | No
         if (int(after) if after else None) != step:
             continue
         at = f"{stage}" + (f" after step {step}" if step is not None else "")
+        if mode.startswith("meet="):
+            _meet(mode.removeprefix("meet="), f"{item} at {at}")
+            continue
         if mode in ("once", "kill", "hold"):
             marker = Path(marker_dir) / f".injected-{item}-{stage}-{after or 0}"
             if marker.exists():
@@ -83,3 +90,23 @@ def _hold_until_killed(marker: Path, where: str) -> None:
     while time.monotonic() < deadline:
         time.sleep(0.5)
     raise InjectedFailure(f"injected hold of {where}: nobody killed the worker within {HOLD_LIMIT_S:.0f} s", False)
+
+
+def _meet(parties: str, where: str) -> None:
+    if not parties.isdigit() or int(parties) < 1:
+        raise ValueError(f"{FAIL_ITEMS_ENV}: ':meet=N' needs a whole number N >= 1, got {parties!r} for {where}")
+    if not os.environ.get(MEET_DIR_ENV):
+        raise ValueError(f"{FAIL_ITEMS_ENV}: ':meet={parties}' for {where} needs ${MEET_DIR_ENV}, the shared "
+                         "folder where the meeting attempts sign in")
+    folder = Path(os.environ[MEET_DIR_ENV])
+    folder.mkdir(parents=True, exist_ok=True)
+    identity = worker_identity()
+    write_json_atomic(folder / f"{identity['pid']}-{time.time_ns()}.json", {"where": where, **identity})
+    logging.getLogger(CORE_LOGGER).info("injected: %s waits at the meeting point %s for %s attempts", where,
+                                        folder, parties)
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while len(list(folder.glob("*.json"))) < int(parties):
+        if time.monotonic() > deadline:
+            raise InjectedFailure(f"injected meeting of {where}: {parties} attempts did not sign in to {folder} "
+                                  f"within {HOLD_LIMIT_S:.0f} s", False)
+        time.sleep(0.1)

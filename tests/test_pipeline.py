@@ -24,7 +24,7 @@ from fixtures.prefect_server import delete_created_since, prefect_env, server_ob
 
 from flows.local_services import StaticFileServer
 from flows.params import BenchmarkConfig, load_benchmark_config
-from tasks.fault_drills import FAIL_ITEMS_ENV
+from tasks.fault_drills import FAIL_ITEMS_ENV, MEET_DIR_ENV
 from tasks.runtime import CODE_VERSION_ENV, read_ledger
 from viewneti_core.base_model.sd_models import build_components, save_components
 from viewneti_core.data.synthetic import make_synthetic_dtu, write_archives
@@ -364,8 +364,13 @@ def test_two_concurrent_runs_share_the_gpu_slots(benchmark_run, prefect_server, 
 
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
         client.delete_global_concurrency_limit_by_name(GPU_LIMIT)
+    # a barrier: each run's scan21-1view fit, once it holds a GPU slot, waits until the other run's has one too,
+    # so the two runs' GPU phases overlap by construction (not by timing)
+    meet = tmp_path / "meet"
     env = dict(os.environ) | prefect_server.client_env() | {"VIEWNETI_DASK_WORKERS": "2", "PYTHONUNBUFFERED": "1",
-                                                            CODE_VERSION_ENV: f"test-{time.time()}"}
+                                                            CODE_VERSION_ENV: f"test-{time.time()}",
+                                                            FAIL_ITEMS_ENV: "scan21-1view@fit:meet=2",
+                                                            MEET_DIR_ENV: str(meet)}
     runs = {}
     try:
         for name in ("slots-a", "slots-b"):
@@ -389,10 +394,12 @@ def test_two_concurrent_runs_share_the_gpu_slots(benchmark_run, prefect_server, 
     by_run = {name: [e for e in read_ledger(tmp_path / name / "ledger") if e["task"] in GPU_TASKS] for name in runs}
     entries = [e for run in by_run.values() for e in run]
     assert len(entries) == 2 * 2 * 3 and all(e["status"] == "completed" for e in entries)
-    # the runs' GPU phases overlapped in time (else this would show nothing): 4 workers could have run 4 at once
+    # both fits met (each inside its slot), so the runs' GPU phases overlapped: 4 workers could have run 4 at
+    # once, the limit let exactly its 2 slots run together
+    assert len(list(meet.glob("*.json"))) == 2
     spans = [(min(e["start"] for e in run), max(e["end"] for e in run)) for run in by_run.values()]
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans
-    assert max_overlap(entries) <= slots, sorted((e["start"], e["end"], e["item"], e["task"]) for e in entries)
+    assert max_overlap(entries) == slots, sorted((e["start"], e["end"], e["item"], e["task"]) for e in entries)
 
 
 # ---- a Dask worker lost mid-run ---------------------------------------------------------------------------

@@ -365,8 +365,11 @@ def test_wandb_requested_but_missing(synthetic_dtu_root, tiny_model_dir, tmp_pat
 
 
 def test_data_parallel_pretraining_with_two_processes(synthetic_dtu_root, tiny_model_dir, tmp_path):
-    """The multi-GPU path (DDP through accelerate) run on CPU with gloo: 2 ranks, lr scaled by 2, and the
-    replicas end with identical mappers, which are the ones rank 0's checkpoint holds."""
+    """The multi-GPU path (DDP through accelerate) run on CPU with gloo: 2 ranks, lr scaled by 2. The replicas
+    end with identical mappers, the ones rank 0's checkpoint holds, and they equal one process that trains
+    on the combined batch: rank r takes micro-batches r, r+2, ... of the epoch, so one process accumulating
+    2 micro-batches per step sees the same images, and (each image drawing its noise from its own seed)
+    the same noise; the mean of the ranks' gradients is the accumulated gradient."""
     import subprocess
     import sys
 
@@ -403,6 +406,21 @@ def test_data_parallel_pretraining_with_two_processes(synthetic_dtu_root, tiny_m
     for key, mapper in saved.items():
         for name, value in mapper.state_dict().items():
             assert torch.equal(value, ranks[0][f"{key}/{name}"]), (key, name)
+
+    # one process, same seed, the 2 ranks' micro-batches accumulated into each step (lr: 1e-3 x 3 x 2 again)
+    single = load_config(config_file, {"log": {"exp_name": "single"}, "optim": {"gradient_accumulation_steps": 2}})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks ran (OMP_NUM_THREADS=1): the same summation order in each kernel
+    try:
+        train(single, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    combined = load_checkpoint_mappers(tmp_path / "single" / "checkpoints" / "checkpoint-2")
+    for key, mapper in combined.items():
+        for name, value in mapper.state_dict().items():
+            replica = ranks[0][f"{key}/{name}"]
+            # all-reduce mean vs accumulated sum: the same gradient up to float rounding
+            torch.testing.assert_close(replica, value, rtol=1e-4, atol=1e-5, msg=f"{key}/{name}")
 
 
 def test_loader_worker_processes_train_like_the_main_process(synthetic_dtu_root, tiny_model_dir, tmp_path):

@@ -35,6 +35,7 @@ def collate(items: list[dict]) -> dict:
         "caption": [item["caption"] for item in items],
         "object_token": [item["object_token"] for item in items],
         "source_index": torch.tensor([item["source_index"] for item in items]),
+        "item_seed": torch.tensor([item["item_seed"] for item in items], dtype=torch.int64),
     }
     cameras = [item.get("camera") for item in items]
     if any(c is not None for c in cameras):
@@ -49,7 +50,8 @@ class SeededItems(torch.utils.data.Dataset):
 
     The augmentations draw from torch's global RNG. Seeding each item from (run seed, epoch, position)
     makes what an item gets independent of who computes it: the main process or any DataLoader worker
-    process, a straight run or one resumed mid-epoch all augment every item identically."""
+    process, a straight run or one resumed mid-epoch all augment every item identically. The seed rides
+    along as `item_seed`: the loss draws the item's noise and timestep from it (`training_draws`)."""
 
     def __init__(self, dataset: torch.utils.data.Dataset):
         self.dataset = dataset
@@ -61,11 +63,11 @@ class SeededItems(torch.utils.data.Dataset):
         index, seed = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.dataset[index]
+            return {**self.dataset[index], "item_seed": seed}
 
 
 def seeded_batches(batches: list[list[int]], seed: int, epoch: int) -> list[list[tuple[int, int]]]:
-    """The epoch's micro-batches with an augmentation seed for every item (see `SeededItems`)."""
+    """The epoch's micro-batches with a seed for every item (its augmentation and noise, see `SeededItems`)."""
     base = (seed * 1_000_003 + epoch) * 1_000_003
     return [[(index, base + position * 1_009 + slot) for slot, index in enumerate(batch)]
             for position, batch in enumerate(batches)]

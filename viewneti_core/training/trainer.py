@@ -86,6 +86,36 @@ class MapperForward(nn.Module):
         return self._conditioner[0].encode(input_ids, timesteps, cameras)
 
 
+ITEM_NOISE_SEED_OFFSET = 0x9E3779B97F4A7C15  # keeps an item's noise stream apart from its augmentation stream
+
+
+def training_draws(
+    mean: torch.Tensor, num_timesteps: int, item_seeds: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random numbers of one training micro-batch: latent-sample eps, noise and timesteps.
+
+    With `item_seeds` each image draws from its own generator, seeded by its position in the epoch: what
+    an image gets does not depend on who computes it. Data-parallel ranks then draw different noise (with
+    the global RNG every rank, seeded alike, would draw the same), and N ranks equal one process that
+    accumulates their N micro-batches. Without seeds: the global RNG, in the order eps, noise, timesteps.
+    """
+    device, dtype = mean.device, mean.dtype
+    if item_seeds is None:
+        eps = torch.randn(mean.shape, device=device, dtype=dtype)
+        noise = torch.randn(mean.shape, device=device, dtype=dtype)
+        return eps, noise, torch.randint(0, num_timesteps, (mean.shape[0],), device=device)
+    if len(item_seeds) != mean.shape[0]:
+        raise ValueError(f"{len(item_seeds)} item seeds for a micro-batch of {mean.shape[0]} images")
+    draws = []
+    for seed in item_seeds.tolist():  # seeds live on the host: no device sync
+        generator = torch.Generator(device=device).manual_seed((int(seed) + ITEM_NOISE_SEED_OFFSET) % 2**63)
+        draws.append((torch.randn(mean.shape[1:], generator=generator, device=device, dtype=dtype),
+                      torch.randn(mean.shape[1:], generator=generator, device=device, dtype=dtype),
+                      torch.randint(0, num_timesteps, (1,), generator=generator, device=device)))
+    eps, noise, timesteps = zip(*draws)
+    return torch.stack(eps), torch.stack(noise), torch.cat(timesteps)
+
+
 def diffusion_loss(
     components: SDComponents,
     mapper_module: nn.Module,
@@ -93,22 +123,24 @@ def diffusion_loss(
     input_ids: torch.Tensor,
     cameras: torch.Tensor | None,
     posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
+    item_seeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The training loss of DESIGN 3.6 for one micro-batch of images in [-1, 1] (fp32 MSE).
 
     `posterior` = cached (mean, std) of the VAE latents of `pixels`; sampling from it is the same
-    computation as re-encoding un-augmented images. Kept separate from the loop so benchmarks time
-    exactly what training runs.
+    computation as re-encoding un-augmented images. `item_seeds` (one per image, from `seeded_batches`)
+    gives every image its own latent sample, noise and timestep; without it they are drawn from the
+    global RNG for the whole micro-batch, as the original does (see `training_draws`). Kept separate from
+    the loop so benchmarks time exactly what training runs.
     """
     scheduler, unet, vae = components.scheduler, components.unet, components.vae
     if posterior is None:
-        latents = vae.encode(pixels).latent_dist.sample()
+        distribution = vae.encode(pixels).latent_dist
+        mean, std = distribution.mean, distribution.std
     else:
         mean, std = posterior
-        latents = mean + std * torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
-    latents = latents * vae.config.scaling_factor
-    noise = torch.randn_like(latents)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+    eps, noise, timesteps = training_draws(mean, scheduler.config.num_train_timesteps, item_seeds)
+    latents = (mean + std * eps) * vae.config.scaling_factor
     noisy = scheduler.add_noise(latents, noise, timesteps)
     keys, values = mapper_module(input_ids, timesteps.float(), cameras)
     # Under mixed precision accelerate returns the wrapped module's outputs in fp32; the UNet runs in its dtype.
@@ -427,7 +459,7 @@ def _train(
                 if posteriors is not None:
                     index = batch["source_index"].to(accelerator.device)
                     posterior = (posteriors[0][index], posteriors[1][index])
-                loss = diffusion_loss(components, mapper_module, pixels, ids, cameras, posterior)
+                loss = diffusion_loss(components, mapper_module, pixels, ids, cameras, posterior, batch["item_seed"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and optim.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(trainable, optim.max_grad_norm)
