@@ -6,7 +6,8 @@ scores them with the DTU protocol next to two non-learned baselines (nearest inp
 image). Prints a Markdown table (mean ± std over scans x seeds): the DTU protocol's masked PSNR and
 SSIM, the whole-image PSNR, and the view gap (whole-image PSNR against the render's own camera minus
 against the mirrored test view's: ~0 when the camera does not decide what is drawn); writes
-rows.parquet, results.csv and settings.json under --out. See docs/mini_world.md.
+rows.parquet, results.csv and settings.json under --out, and each (views, scan, variant) as it finishes
+under --out/rows/: rerun the same command to go on after an interruption. See docs/mini_world.md.
 
     python -m bench.mini_world --scans 21,114 --n-views 1,3 --steps 300 --seeds 0,1
     python -m bench.mini_world --pretraining-scans 3,4     # the ceiling: scenes seen in pretraining

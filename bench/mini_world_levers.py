@@ -21,6 +21,7 @@ result.json, a grid of samples over truths, and prints the JSON. See docs/mini_w
 from __future__ import annotations
 
 import argparse
+import colorsys
 import json
 import math
 import tempfile
@@ -33,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from viewneti_core.atomic_files import temp_dir_beside
-from viewneti_core.base_model.sd_models import _build_from_configs
+from viewneti_core.base_model.sd_models import _build_from_configs, load_components
 from viewneti_core.data import dtu
 from viewneti_core.data.synthetic import render_view, synthetic_cameras, synthetic_scene
 from viewneti_core.images import save_image_atomic
@@ -48,11 +49,26 @@ EVAL_VIEWS = (9, 17, 19, 27, 29, 37, 38, 48)  # near the ends of their camera ro
 SCENE_FAMILIES = ("today", "two-tone")
 
 
+_KIND_WORDS = {"sphere": "ball", "box": "box", "cylinder": "can"}
+_HUE_NAMES = ((0.04, "red"), (0.11, "orange"), (0.19, "yellow"), (0.45, "green"), (0.55, "cyan"),
+              (0.72, "blue"), (0.86, "purple"), (0.96, "pink"), (1.01, "red"))
+
+
+def v1_words(scene) -> str:
+    """How the v1 mini world named a `synthetic_scene` ("red ball, blue box"): the main colour's hue word and
+    the kind of each object, largest first. Kept here so the "today" family stays reproducible."""
+    def colour(rgb) -> str:
+        hue, _, saturation = colorsys.rgb_to_hls(*(float(c) for c in rgb))
+        return "grey" if saturation < 0.2 else next(name for limit, name in _HUE_NAMES if hue < limit)
+    objects = sorted(scene.objects, key=lambda p: -float(np.prod(p.size)))
+    return ", ".join(f"{colour(p.colors[0])} {_KIND_WORDS[p.kind]}" for p in objects)
+
+
 def scene_and_words(family: str, seed: int, scan: int):
     if family == "two-tone":
         return two_tone_scene(seed, scan)
-    scene = synthetic_scene(seed, scan)  # today's scenes, named by colour and kind as today's build names them
-    return scene, mini_world.scene_words(scene)
+    scene = synthetic_scene(seed, scan)  # the v1 world's scenes ("today" when the levers were measured)
+    return scene, v1_words(scene)
 
 
 def mirror_view(view: int) -> int:
@@ -89,22 +105,28 @@ def run(args: argparse.Namespace) -> dict:
     scans = list(mini_world.BASE_SCANS[: args.n_scenes])
     started = time.perf_counter()
     images, masks, captions, words_of = render_set(args.scenes, scans, args.view_words_share, args.seed)
-    configs = mini_world.mini_world_configs()
-    configs["unet"] |= {"block_out_channels": args.widths, "attention_head_dim": [max(1, w // 16) for w in args.widths]}
-    components = _build_from_configs(configs, "mini-world levers", args.seed)
-    options = BuildOptions(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                           unet_lr=args.unet_lr, checkpoint_every=10**9)
     timings = {"render_s": time.perf_counter() - started}
-    with tempfile.TemporaryDirectory() as work:
-        t = time.perf_counter()
-        vae_losses = build._train_vae(Path(work), components, images, options, 0, progress=True)
-        timings["vae_s"] = time.perf_counter() - t
+    if args.model is not None:  # score a built model (e.g. the shipped one) on its own training scenes
+        components = load_components(args.model)
         posteriors = build._encode_all(components.vae, images)
-        components.vae.register_to_config(scaling_factor=float(1.0 / posteriors[0].std()))
-        ids, empty = build._tokenize(components, captions), build._tokenize(components, [""])
-        t = time.perf_counter()
-        unet_losses = build._train_unet(Path(work), components, posteriors, ids, empty, options, 0, progress=True)
-        timings["unet_s"] = time.perf_counter() - t
+        vae_losses = unet_losses = None  # not trained here
+    else:
+        configs = mini_world.mini_world_configs()
+        configs["unet"] |= {"block_out_channels": args.widths,
+                            "attention_head_dim": [max(1, w // 16) for w in args.widths]}
+        components = _build_from_configs(configs, "mini-world levers", args.seed)
+        options = BuildOptions(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                               unet_lr=args.unet_lr, checkpoint_every=10**9)
+        with tempfile.TemporaryDirectory() as work:
+            t = time.perf_counter()
+            vae_losses = build._train_vae(Path(work), components, images, options, 0, progress=True)
+            timings["vae_s"] = time.perf_counter() - t
+            posteriors = build._encode_all(components.vae, images)
+            components.vae.register_to_config(scaling_factor=float(1.0 / posteriors[0].std()))
+            ids, empty = build._tokenize(components, captions), build._tokenize(components, [""])
+            t = time.perf_counter()
+            unet_losses = build._train_unet(Path(work), components, posteriors, ids, empty, options, 0, progress=True)
+            timings["unet_s"] = time.perf_counter() - t
     components.unet.eval()
     components.text_encoder.eval()
 
@@ -136,10 +158,12 @@ def run(args: argparse.Namespace) -> dict:
     scores = np.array(scores)
     per_scene = [scores[scores[:, 0] == i, 1].mean() for i in evaluated]
     result = {
+        "model": str(args.model) if args.model is not None else "trained here",
         "scenes": args.scenes, "n_scenes": len(scans), "widths": args.widths, "view_words_share": args.view_words_share,
         "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "unet_lr": args.unet_lr, "seed": args.seed,
         "unet_parameters": sum(p.numel() for p in components.unet.parameters()),
-        "vae_loss": float(np.mean(vae_losses[-50:])), "unet_loss": float(np.mean(unet_losses[-50:])),
+        "vae_loss": float(np.mean(vae_losses[-50:])) if vae_losses else None,
+        "unet_loss": float(np.mean(unet_losses[-50:])) if unet_losses else None,
         "vae_psnr_whole": vae_whole, "vae_psnr_objects": vae_objects,
         "sample_psnr": float(scores[:, 1].mean()), "sample_psnr_std_over_scenes": float(np.std(per_scene)),
         "mean_image_psnr": float(scores[:, 3].mean()), "view_gap": float((scores[:, 1] - scores[:, 2]).mean()),
@@ -165,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.mini_world_levers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenes", choices=SCENE_FAMILIES, default="two-tone")
+    p.add_argument("--model", default=None,
+                   help="score this built model (a folder or builtin:mini-world) instead of training a reduced one; "
+                        "its scenes must be the family it was trained on")
     p.add_argument("--n-scenes", type=int, default=64, help="base scenes (world seed 0, never a held-out id)")
     p.add_argument("--widths", type=lambda t: [int(v) for v in t.split(",")],
                    default=mini_world.mini_world_configs()["unet"]["block_out_channels"])

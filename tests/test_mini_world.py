@@ -1,8 +1,8 @@
-"""The mini world: its build command (small, on the real code path) and behavioural tests on the
-shipped weights: view control is real on pretraining scenes, and the pretrained view mapper carries
-it to a held-out scene where an untrained one does not. (That ViewNeTI beats the copy baselines in
-the DTU protocol's masked PSNR is NOT asserted: measured, it does not yet in this world;
-BENCHMARKS.md, "Mini world".)"""
+"""The mini world: its scenes and captions, its build command (small, on the real code path) and
+behavioural tests on the shipped weights: on a pretraining scene the camera and the object token decide
+what is drawn; on a held-out scene the pretrained view mapper carries view control where an untrained
+one does not. (That ViewNeTI beats the copy baselines in the DTU protocol's masked PSNR is NOT asserted:
+measured, it does not in this world; BENCHMARKS.md, "Mini world".)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from viewneti_core.base_model.sd_models import SHIPPED, load_components
 from viewneti_core.config import ViewNetiConfig
 from viewneti_core.data import dtu
-from viewneti_core.data.synthetic import synthetic_scene
+from viewneti_core.mini_world import scenes
 from viewneti_core.evaluation.metrics import mse_to_psnr
 from viewneti_core.images import load_image
 from viewneti_core.inference import view_prompt
@@ -41,15 +41,40 @@ def test_no_held_out_scene_reaches_the_base_model_or_the_view_mapper():
     assert set(build.BuildOptions().pretrain_scans).isdisjoint(dtu.TEST_SCANS)
 
 
-def test_captions_name_content_and_view():
-    scene = synthetic_scene(0, 3)
-    front, side = mini_world.caption(scene, 3), mini_world.caption(scene, 0)
+def test_captions_name_every_object_left_to_right_with_both_colours():
     kinds = {"sphere": "ball", "box": "box", "cylinder": "can"}
-    assert all(kinds[p.kind] in front for p in scene.objects)
-    assert front.split("; ")[0] == side.split("; ")[0] and front != side  # same content, other view words
-    assert side.endswith("left, high") and mini_world.caption(scene, 48).endswith("right, low")
-    assert all(len(mini_world.caption(synthetic_scene(s, c), 0)) <= mini_world.MAX_CAPTION_BYTES
-               for s in range(3) for c in range(1, 40))
+    names = {tuple(rgb): name for name, rgb in scenes.COLORS.items()}
+    for scan in range(1, 60):
+        scene, words = mini_world.scene_and_words(0, scan)
+        objects = sorted(scene.objects, key=lambda p: p.base[0])  # left (-x) to right
+        expected = [f"{names[tuple(p.colors[0])]}/{names[tuple(p.colors[1])]} {kinds[p.kind]}" for p in objects]
+        assert words == ", ".join(expected)
+        assert all(p.texture == "split" and p.texture_axis[0] > 0.9 for p in objects)  # first colour on the left
+    front, side = mini_world.caption(words, 3), mini_world.caption(words, 0)
+    assert front.split("; ")[0] == side.split("; ")[0] == words and front != side
+    assert side.endswith("left, high") and mini_world.caption(words, 48).endswith("right, low")
+    assert all(len(mini_world.caption(mini_world.scene_and_words(s, c)[1], 0)) <= mini_world.MAX_CAPTION_BYTES
+               for s in range(3) for c in range(1, 129))
+
+
+def test_the_viewpoint_is_visible_on_the_objects():
+    """From the left cameras a two-tone object shows mostly its first (left) colour, from the right its second."""
+    from viewneti_core.data.synthetic import render_view, synthetic_cameras
+
+    cams = synthetic_cameras(mini_world.SIZE)
+    scan = next(s for s in range(1, 129) if len(mini_world.scene(0, s).objects) == 1)
+    scene = mini_world.scene(0, scan)
+    first, second = (np.asarray(c) / np.linalg.norm(c) for c in scene.objects[0].colors)
+
+    def share_of_first(view: int) -> float:
+        render = render_view(scene, cams[view], mini_world.SIZE, [dtu.DEFAULT_LIGHT])
+        pixels = (render.images[dtu.DEFAULT_LIGHT][render.mask].astype(float) / 255) ** 2.2  # back to linear
+        pixels /= np.linalg.norm(pixels, axis=1, keepdims=True) + 1e-9
+        return float(np.mean(pixels @ first > pixels @ second))
+
+    left, right = 37, 48  # the ends of the lowest camera row, azimuth -62 and +62 degrees
+    assert mini_world.view_words(left).startswith("left") and mini_world.view_words(right).startswith("right")
+    assert share_of_first(left) > 0.65 and share_of_first(right) < 0.35
 
 
 # ---- the build command ------------------------------------------------------------------------
@@ -134,28 +159,47 @@ def _psnr(images: torch.Tensor, truths: list[torch.Tensor]) -> float:
     return float(mse_to_psnr(((images - torch.stack(truths)) ** 2).mean(dim=(1, 2, 3))).mean())
 
 
+SCAN3_VIEWS = [0, 6, 16, 26, 42, 48]  # far apart on the camera rows
+# Measured on the shipped weights (2026-12-05, seeds 0,1): scan 3 with its own cameras 15.89 dB, cameras
+# reversed 12.49; with the tokens of scans 4, 5, 6, 9, 10: 14.77, 15.44, 14.99, 15.19, 14.92 (mean 15.06).
+VIEW_MARGIN_DB = 2.0
+OTHER_SCANS = (4, 5, 6, 9, 10)
+TOKEN_MARGIN_DB = 0.4  # own token minus the mean of the others (measured 0.82); each other token scores lower
+
+
+def _scan3_psnr(shipped_mode3, token: str, cameras_of: list[int]) -> float:
+    """Whole-image PSNR against scan 3's truths at SCAN3_VIEWS of renders with `token` and the cameras of
+    `cameras_of` (seeds 0 and 1, 20 DPM-Solver++ steps, guidance 3.0)."""
+    model, config, root = shipped_mode3
+    cameras = dtu.load_cameras(root)
+    truths = [torch.from_numpy(np.array(load_image(root / dtu.image_relpath(3, v), "RGB"))).permute(2, 0, 1) / 255
+              for v in SCAN3_VIEWS]
+    settings = SamplerSettings.from_config(config)
+    settings.num_inference_steps, settings.guidance_scale = 20, 3.0
+    sampler = ViewNetiSampler(model.components, model.conditioner, settings)
+    prompt, seeds = view_prompt(config, token), (0, 1)
+    images = sampler.sample([SampleRequest.with_camera(prompt, s, cameras[v]) for s in seeds for v in cameras_of],
+                            progress=False)
+    return _psnr(images, truths * len(seeds))
+
+
 def test_view_control_is_real(shipped_mode3):
     """Renders of a pretraining scene with its own cameras are closer to the truth than the same
     renders with the cameras permuted: the camera, through the view mapper and the per-layer
     contexts, decides what is drawn."""
-    model, config, root = shipped_mode3
-    views = [0, 6, 16, 26, 42, 48]  # far apart on the camera rows
-    cameras = dtu.load_cameras(root)
-    truths = [torch.from_numpy(np.array(load_image(root / dtu.image_relpath(3, v), "RGB"))).permute(2, 0, 1) / 255
-              for v in views]
-    settings = SamplerSettings.from_config(config)
-    settings.num_inference_steps, settings.guidance_scale = 20, 3.0
-    sampler = ViewNetiSampler(model.components, model.conditioner, settings)
-    prompt = view_prompt(config, "<scan3>")
-    seeds = (0, 1)
+    right = _scan3_psnr(shipped_mode3, "<scan3>", SCAN3_VIEWS)
+    permuted = _scan3_psnr(shipped_mode3, "<scan3>", SCAN3_VIEWS[::-1])
+    assert right > permuted + VIEW_MARGIN_DB, (right, permuted)
 
-    def render(order):
-        return sampler.sample([SampleRequest.with_camera(prompt, s, cameras[v]) for s in seeds for v in order],
-                              progress=False)
 
-    right = _psnr(render(views), truths * len(seeds))
-    permuted = _psnr(render(views[::-1]), truths * len(seeds))
-    assert right > permuted + 1.0, (right, permuted)  # measured 2026-12-02: 14.1 vs 11.5 dB
+def test_the_object_token_decides_what_is_drawn(shipped_mode3):
+    """Scan 3's views rendered with its own mode-3 token, and with the tokens of other pretraining scans
+    (same cameras, same seeds): the own token is closer to scan 3's truth. If the object token were
+    ignored (or every token held the same scene) they would score alike."""
+    own = _scan3_psnr(shipped_mode3, "<scan3>", SCAN3_VIEWS)
+    others = {scan: _scan3_psnr(shipped_mode3, f"<scan{scan}>", SCAN3_VIEWS) for scan in OTHER_SCANS}
+    assert all(own > other for other in others.values()), (own, others)
+    assert own > float(np.mean(list(others.values()))) + TOKEN_MARGIN_DB, (own, others)
 
 
 @pytest.mark.slow  # two 200-step fits of a held-out scene
@@ -163,16 +207,20 @@ def test_pretrained_view_mapper_beats_an_untrained_one_on_a_held_out_scan(tmp_pa
     """Held-out scan 114, fitted from its 3 input views (mode 5, 200 steps) once with the shipped
     pretrained view mapper and once with an untrained one, all 25 test views rendered: with the
     pretrained mapper a render is closer to its own camera's truth than to the mirrored view's (the
-    camera decides the view of a scene it never saw); with the untrained one the gap is ~0. Breaking
-    the view mapper's input, its pretrained weights or the per-layer contexts removes the gap."""
+    camera decides the view of a scene it never saw) and closer to the truth as a whole; with the
+    untrained one the gap is ~0. Breaking the view mapper's input, its pretrained weights or the
+    per-layer contexts removes the gap."""
     root = ensure_world_tree(tmp_path / "dtu", [3, 114])
     settings = FitSettings(steps=200, seeds=(0,))
-    gaps = {}
+    gaps, whole = {}, {}
     for variant in ("viewneti", "untrained-view-mapper"):
         rows = run_variant(variant, 114, 3, root, tmp_path / "work", settings)
         assert len(rows) == len(dtu.TEST_VIEWS)
         gaps[variant] = float((rows["psnr_image"] - rows["psnr_image_reversed"]).mean())
-    # measured 2026-12-03 (these settings): gap +1.04 vs -0.01 dB. (Whole-image PSNR, 12.87 vs 12.74 dB,
-    # is too close to assert across machines: 200 Adam steps amplify float-order differences.)
-    assert gaps["viewneti"] > 0.5, gaps
-    assert gaps["viewneti"] > gaps["untrained-view-mapper"] + 0.5, gaps
+        whole[variant] = float(rows["psnr_image"].mean())
+    # measured 2026-12-05 (these settings, python -m bench.mini_world): view gap +1.47 vs -0.00 dB, whole-image
+    # PSNR 16.01 vs 15.35 (seed 1 of the same fits: +4.05 vs -0.02, 17.37 vs 15.92). The masked DTU PSNR is
+    # not asserted: on this scan it goes either way with the seed (11.80 vs 11.16, 10.87 vs 11.92).
+    assert gaps["viewneti"] > 1.0, gaps
+    assert gaps["viewneti"] > gaps["untrained-view-mapper"] + 1.0, gaps
+    assert whole["viewneti"] > whole["untrained-view-mapper"] + 0.3, whole

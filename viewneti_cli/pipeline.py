@@ -61,14 +61,14 @@ def _local_server(args: argparse.Namespace) -> PrefectServer | None:
 def ensure_demo_inputs(out: Path) -> Path:
     """The mini world's synthetic DTU archives under `out` (written once, reused afterwards)."""
     from viewneti_core.data.synthetic import make_synthetic_dtu, write_archives
-    from viewneti_core.mini_world.world import SIZE, WORLD_SEED
+    from viewneti_core.mini_world.world import SIZE, WORLD_SEED, scene
 
     archives = out / "synthetic" / "archives"
     if not all((archives / f"{name}.zip").is_file() for name in ("Rectified", "SampleSet", "idrmasks")):
         tree = out / "synthetic" / "tree"
         _print(f"writing mini-world DTU scans {list(DEMO_PRETRAIN_SCANS + DEMO_TEST_SCANS)} and their archives ...")
         make_synthetic_dtu(tree, DEMO_PRETRAIN_SCANS + DEMO_TEST_SCANS, size=SIZE, seed=WORLD_SEED, lights=[3],
-                           progress=False, overwrite=True)
+                           progress=False, overwrite=True, scene_of=scene)
         write_archives(tree, archives)
     return archives
 

@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -354,8 +354,12 @@ def make_synthetic_dtu(
     progress: bool = True,
     overwrite: bool = False,
     archive: bool = False,
+    scene_of: Callable[[int, int], Scene] | None = None,
 ) -> Path:
     """Write a synthetic DTU tree (images, calibration, masks for test scans) to `out_dir`.
+
+    `scene_of(seed, scan)` gives each scan's scene: `synthetic_scene` by default; the mini world
+    passes its own (`mini_world.world.scene`).
 
     The tree is built in a temp directory next to `out_dir` and renamed into place at the end, so
     a crash never leaves a half-written tree that looks complete. With `archive`, zips shaped like
@@ -383,7 +387,7 @@ def make_synthetic_dtu(
         bar = tqdm(total=len(scans) * dtu.NUM_VIEWS, unit="view", disable=not progress, desc="synthetic DTU")
         for scan in scans:
             bar.set_postfix_str(f"scan{scan}")
-            _write_scan(tmp, scan, synthetic_scene(seed, scan), cameras, size, lights, bar)
+            _write_scan(tmp, scan, (scene_of or synthetic_scene)(seed, scan), cameras, size, lights, bar)
         bar.close()
         if archive:
             write_archives(tmp, tmp / "archives")

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from viewneti_core.atomic_files import save_safetensors, temp_dir_beside, temp_file_beside
 from viewneti_core.base_model.sd_models import SDComponents, _build_from_configs, save_components
 from viewneti_core.data import dtu
-from viewneti_core.data.synthetic import make_synthetic_dtu, render_view, synthetic_cameras, synthetic_scene
+from viewneti_core.data.synthetic import make_synthetic_dtu, render_view, synthetic_cameras
 from viewneti_core.mini_world import world as mini_world
 from viewneti_core.mini_world.options import BuildOptions
 from viewneti_core.training.checkpoints import list_checkpoints, optimizer_tensors, restore_optimizer
@@ -117,11 +117,11 @@ def render_base_set(options: BuildOptions, progress: bool = True) -> tuple[np.nd
     rng = np.random.default_rng(np.random.SeedSequence([options.seed, 7]))
     images, captions = [], []
     for seed, scan in tqdm(scenes, desc="mini world: rendering scenes", unit="scene", disable=not progress):
-        scene = synthetic_scene(seed, scan)
+        scene, words = mini_world.scene_and_words(seed, scan)
         for view in range(dtu.NUM_VIEWS):
             images.append(render_view(scene, cameras[view], mini_world.SIZE, [dtu.DEFAULT_LIGHT]).images[dtu.DEFAULT_LIGHT])
             with_view = rng.uniform() < options.view_words_share
-            captions.append(mini_world.caption(scene, view if with_view else None))
+            captions.append(mini_world.caption(words, view if with_view else None))
     return np.stack(images), captions
 
 
@@ -327,7 +327,7 @@ def build_mini_world(out: Path | str, options: BuildOptions | None = None, resum
     dtu_root = work / "dtu"
     if not (dtu_root / "Cameras").is_dir():
         make_synthetic_dtu(dtu_root, options.pretrain_scans, size=mini_world.SIZE, seed=mini_world.WORLD_SEED,
-                           lights=[dtu.DEFAULT_LIGHT], progress=progress, overwrite=True)
+                           lights=[dtu.DEFAULT_LIGHT], progress=progress, overwrite=True, scene_of=mini_world.scene)
     runs = work / "runs"
     config = view_mapper_config(model_dir, dtu_root, runs, options)
     checkpoints = list_checkpoints(runs / "view-mapper") if (runs / "view-mapper").is_dir() else []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from viewneti_core.atomic_files import temp_file_beside
 from viewneti_core.config import ViewNetiConfig
 from viewneti_core.data import dtu
 from viewneti_core.data.synthetic import make_synthetic_dtu
@@ -62,7 +64,7 @@ def ensure_world_tree(root: Path, scans: list[int]) -> Path:
     if missing:
         have = sorted(int(p.name.removeprefix("scan")) for p in (root / "Rectified").glob("scan*")) if root.is_dir() else []
         make_synthetic_dtu(root, sorted(set(have) | set(scans)), size=mini_world.SIZE, seed=mini_world.WORLD_SEED,
-                           lights=[dtu.DEFAULT_LIGHT], progress=False, overwrite=True)
+                           lights=[dtu.DEFAULT_LIGHT], progress=False, overwrite=True, scene_of=mini_world.scene)
     return root
 
 
@@ -198,21 +200,46 @@ def summarize_results(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def run_results(out: Path, scans: list[int], n_views: list[int], settings: FitSettings,
-                variants: tuple[str, ...] = VARIANTS) -> pd.DataFrame:
+                variants: tuple[str, ...] = VARIANTS, progress: bool = True) -> pd.DataFrame:
+    """Every (views, scan, variant) of the table, each scored into `out/rows/` as soon as it is done.
+
+    A rerun with the same `out` and settings skips the parts already scored, so a long measurement
+    (all 15 scans) can run in pieces; other settings under the same `out` are refused.
+    """
+    from tqdm import tqdm
+
     out = Path(out)
+    recorded = {"world": mini_world.NOTE, "model": MODEL, "view_mapper": VIEW_MAPPER} | {
+        k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()}
+    settings_file = out / "settings.json"
+    if settings_file.is_file():
+        before = {k: v for k, v in json.loads(settings_file.read_text()).items() if k in recorded}
+        if before != recorded:
+            raise ValueError(f"{out} holds results of other settings ({settings_file}: {before}); "
+                             f"use another --out for {recorded}")
     root = ensure_world_tree(out / "dtu", sorted(set(scans) | {3}))
+    parts = [(n, scan, variant) for scan in scans for n in n_views for variant in variants]  # whole scans first
     frames = []
-    for n in n_views:
-        for scan in scans:
-            for variant in variants:
-                logger.info("mini world results: %s, scan %d, %d view(s)", variant, scan, n)
-                frames.append(run_variant(variant, scan, n, root, out, settings))
+    for n, scan, variant in tqdm(parts, desc="mini world results", unit="fit", disable=not progress):
+        part = out / "rows" / f"{variant}-scan{scan}-{n}view.parquet"
+        if not part.is_file():
+            logger.info("mini world results: %s, scan %d, %d view(s)", variant, scan, n)
+            frame = run_variant(variant, scan, n, root, out, settings)
+            _publish(part, frame.to_parquet)
+            _publish(settings_file, lambda path: path.write_text(json.dumps(recorded, indent=1) + "\n"))
+        frames.append(pd.read_parquet(part))
     table = summarize_results(frames)
     pd.concat(frames, ignore_index=True).to_parquet(out / "rows.parquet")
     table.to_csv(out / "results.csv", index=False)
-    (out / "settings.json").write_text(json.dumps({"scans": scans, "n_views": n_views} | settings.__dict__, indent=1,
-                                                  default=list) + "\n")
     return table
+
+
+def _publish(path: Path, write) -> None:
+    """`write(tmp)` next to `path`, then rename: a killed run never leaves half a part."""
+    fd, tmp = temp_file_beside(path)
+    os.close(fd)
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def pretraining_ceiling(out: Path, scans: list[int], settings: FitSettings) -> pd.DataFrame:

@@ -16,12 +16,12 @@ class BuildOptions:
     vae_steps: int = 800
     vae_batch: int = 16
     vae_lr: float = 1e-3
-    unet_steps: int = 2200
+    unet_steps: int = 5000  # levers (docs/mini_world.md): 500 -> 1500 steps moved samples +0.5 dB; width did not
     unet_batch: int = 32
     unet_lr: float = 4e-4
     caption_dropout: float = 0.1
     view_words_share: float = 0.8  # the share of captions that carry view words
-    view_mapper_steps: int = 1000
+    view_mapper_steps: int = 3000
     checkpoint_every: int = 200
     scenes_per_seed: int | None = None  # fewer base scenes (tests); None: every base scan
     pretrain_scans: tuple[int, ...] = dtu.PRETRAIN_SCANS

@@ -1,7 +1,7 @@
-"""Two-tone scenes: the candidate second form of the mini world (issue 19), measured against today's
+"""Two-tone scenes: the mini world's scenes (its second form, issue 19), measured against the first world's
 scenes by `python -m bench.mini_world_levers`.
 
-Why this form. Today's scenes (`synthetic.synthetic_scene`) hold 3-7 primitives with random positions,
+Why this form. The first world's scenes (`synthetic.synthetic_scene`) hold 3-7 primitives with random positions,
 rotations, two colours and four fine textures, while a caption names only colour and kind: a single
 object token must absorb a whole layout, and a 64x48 image cannot hold the textures. Here every
 attribute that varies is one the caption names, and the viewpoint is visible on the object itself:

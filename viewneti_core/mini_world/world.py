@@ -5,21 +5,23 @@ What lives here is what the world *is* (no training): its image size, which scen
 base model's training set and which are held out, the captions that describe a scene and a view,
 and the configs of its small Stable-Diffusion-shaped model. `build.py` trains it.
 
-Scenes are `synthetic.synthetic_scene(seed, scan)`. Held-out scenes are the 15 DTU test-scan ids at
-world seed 0, so the DTU protocol (splits, masks, metrics, pipeline) applies unchanged; no scene with
-a test-scan id, at any seed, is ever rendered for the base model or the view-mapper pretraining.
+Scenes are `scenes.two_tone_scene(seed, scan)`: one or two large two-tone objects whose every varying
+attribute the caption names (why: `scenes.py`, docs/mini_world.md). Held-out scenes are the 15 DTU
+test-scan ids at world seed 0, so the DTU protocol (splits, masks, metrics, pipeline) applies
+unchanged; no scene with a test-scan id, at any seed, is ever rendered for the base model or the
+view-mapper pretraining.
 """
 
 from __future__ import annotations
 
-import colorsys
 import math
 
 import numpy as np
 
 from viewneti_core.base_model.sd_models import MINI_WORLD_NOTE, MINI_WORLD_WEIGHTS, _sd21_config
 from viewneti_core.data import dtu
-from viewneti_core.data.synthetic import CAMERA_ROWS, Scene, synthetic_scene
+from viewneti_core.data.synthetic import CAMERA_ROWS, Scene
+from viewneti_core.mini_world.scenes import two_tone_scene
 
 SIZE = (64, 48)  # (width, height): latents 16x12 through the 4x VAE, 2x2 at the UNet's bottom
 WORLD_SEED = 0  # the seed of the mini world's DTU tree (pretraining and held-out scans)
@@ -29,25 +31,6 @@ TEXT_WIDTH = 64
 MAX_CAPTION_BYTES = 75  # the byte-level tokenizer spends one token per byte; 77 with BOS/EOS
 WEIGHTS_LABEL = MINI_WORLD_WEIGHTS
 NOTE = MINI_WORLD_NOTE
-
-_KIND_WORDS = {"sphere": "ball", "box": "box", "cylinder": "can"}
-_HUE_NAMES = ((0.04, "red"), (0.11, "orange"), (0.19, "yellow"), (0.45, "green"), (0.55, "cyan"),
-              (0.72, "blue"), (0.86, "purple"), (0.96, "pink"), (1.01, "red"))
-
-
-def color_name(rgb: np.ndarray) -> str:
-    """A colour word for a primitive's main (linear RGB) colour, from its hue."""
-    hue, _, saturation = colorsys.rgb_to_hls(*(float(c) for c in rgb))
-    if saturation < 0.2:
-        return "grey"
-    return next(name for limit, name in _HUE_NAMES if hue < limit)
-
-
-def scene_words(scene: Scene) -> str:
-    """"red ball, blue box, green can": the objects from largest to smallest (what a captioner names)."""
-    objects = sorted(scene.objects, key=lambda p: -float(np.prod(p.size)))
-    return ", ".join(f"{color_name(p.colors[0])} {_KIND_WORDS[p.kind]}" for p in objects)
-
 
 def camera_angles() -> list[tuple[float, float]]:
     """(polar, azimuth) in degrees of the 49 rendered views, in DTU view order (as `synthetic_cameras`)."""
@@ -67,14 +50,21 @@ def view_words(view: int) -> str:
     return f"{side}, {height}"
 
 
-def caption(scene: Scene, view: int | None) -> str:
-    """A base-model training caption: the scene's content and, for a known view, coarse view words."""
-    objects = scene_words(scene)
-    suffix = "" if view is None else f"; {view_words(view)}"
-    room = MAX_CAPTION_BYTES - len(suffix)
-    if len(objects) > room:  # drop the smallest objects rather than cut a word
-        objects = objects[:room].rsplit(", ", 1)[0]
-    return objects + suffix
+def scene_and_words(seed: int, scan: int) -> tuple[Scene, str]:
+    """A scene of the world and the words that name it ("red/blue box, green/yellow ball")."""
+    return two_tone_scene(seed, scan)
+
+
+def scene(seed: int, scan: int) -> Scene:
+    return two_tone_scene(seed, scan)[0]
+
+
+def caption(words: str, view: int | None) -> str:
+    """A base-model training caption: the scene's words and, for a known view, coarse view words."""
+    text = words + ("" if view is None else f"; {view_words(view)}")
+    if len(text) > MAX_CAPTION_BYTES:
+        raise ValueError(f"caption {text!r} is longer than the tokenizer's {MAX_CAPTION_BYTES} bytes")
+    return text
 
 
 def base_scenes() -> list[tuple[int, int]]:
@@ -85,7 +75,7 @@ def base_scenes() -> list[tuple[int, int]]:
 def held_out_scene(scan: int) -> Scene:
     if scan not in dtu.TEST_SCANS:
         raise ValueError(f"scan {scan} is not a held-out scan of the mini world (those are {dtu.TEST_SCANS})")
-    return synthetic_scene(WORLD_SEED, scan)
+    return scene(WORLD_SEED, scan)
 
 
 def mini_world_configs() -> dict[str, dict]:
