@@ -90,20 +90,21 @@ ITEM_NOISE_SEED_OFFSET = 0x9E3779B97F4A7C15  # keeps an item's noise stream apar
 
 
 def training_draws(
-    mean: torch.Tensor, num_timesteps: int, item_seeds: torch.Tensor | None
+    mean: torch.Tensor, std: torch.Tensor, scaling_factor: float, num_timesteps: int, item_seeds: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The random numbers of one training micro-batch: latent-sample eps, noise and timesteps.
+    """The random side of one training micro-batch: (scaled latents sampled from the posterior, noise, timesteps).
 
-    With `item_seeds` each image draws from its own generator, seeded by its position in the epoch: what
+    With `item_seeds` each image draws from its own generator, seeded by its place in the epoch: what
     an image gets does not depend on who computes it. Data-parallel ranks then draw different noise (with
     the global RNG every rank, seeded alike, would draw the same), and N ranks equal one process that
-    accumulates their N micro-batches. Without seeds: the global RNG, in the order eps, noise, timesteps.
+    accumulates their N micro-batches. Without seeds: the global RNG, drawn exactly as the original
+    (`latent_dist.sample()`, then `randn_like` of the scaled latents, then the timesteps).
     """
     device, dtype = mean.device, mean.dtype
     if item_seeds is None:
-        eps = torch.randn(mean.shape, device=device, dtype=dtype)
-        noise = torch.randn(mean.shape, device=device, dtype=dtype)
-        return eps, noise, torch.randint(0, num_timesteps, (mean.shape[0],), device=device)
+        latents = (mean + std * torch.randn(mean.shape, device=device, dtype=dtype)) * scaling_factor
+        noise = torch.randn_like(latents)  # like the latents' strides, as the original draws it
+        return latents, noise, torch.randint(0, num_timesteps, (mean.shape[0],), device=device)
     if len(item_seeds) != mean.shape[0]:
         raise ValueError(f"{len(item_seeds)} item seeds for a micro-batch of {mean.shape[0]} images")
     draws = []
@@ -113,7 +114,7 @@ def training_draws(
                       torch.randn(mean.shape[1:], generator=generator, device=device, dtype=dtype),
                       torch.randint(0, num_timesteps, (1,), generator=generator, device=device)))
     eps, noise, timesteps = zip(*draws)
-    return torch.stack(eps), torch.stack(noise), torch.cat(timesteps)
+    return (mean + std * torch.stack(eps)) * scaling_factor, torch.stack(noise), torch.cat(timesteps)
 
 
 def diffusion_loss(
@@ -139,8 +140,8 @@ def diffusion_loss(
         mean, std = distribution.mean, distribution.std
     else:
         mean, std = posterior
-    eps, noise, timesteps = training_draws(mean, scheduler.config.num_train_timesteps, item_seeds)
-    latents = (mean + std * eps) * vae.config.scaling_factor
+    latents, noise, timesteps = training_draws(mean, std, vae.config.scaling_factor,
+                                               scheduler.config.num_train_timesteps, item_seeds)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     keys, values = mapper_module(input_ids, timesteps.float(), cameras)
     # Under mixed precision accelerate returns the wrapped module's outputs in fp32; the UNet runs in its dtype.
