@@ -224,3 +224,23 @@ def test_pretrained_view_mapper_beats_an_untrained_one_on_a_held_out_scan(tmp_pa
     assert gaps["viewneti"] > 1.0, gaps
     assert gaps["viewneti"] > gaps["untrained-view-mapper"] + 1.0, gaps
     assert whole["viewneti"] > whole["untrained-view-mapper"] + 0.3, whole
+
+
+def test_results_resume_part_by_part_and_refuse_other_settings(tmp_path):
+    """bench.mini_world's table is built part by part: a rerun scores only the missing parts, and the
+    same folder refuses other settings (baselines only: no fits)."""
+    from viewneti_core.mini_world.evaluate import run_results
+
+    settings = FitSettings(seeds=(0, 1))
+    variants = ("nearest-view", "mean-image")
+    first = run_results(tmp_path, [21], [1], settings, variants, progress=False)
+    parts = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "rows").glob("*.parquet")}
+    assert sorted(parts) == ["mean-image-scan21-1view.parquet", "nearest-view-scan21-1view.parquet"]
+    (tmp_path / "rows" / "mean-image-scan21-1view.parquet").unlink()
+    again = run_results(tmp_path, [21], [1], settings, variants, progress=False)
+    assert (tmp_path / "rows" / "nearest-view-scan21-1view.parquet").stat().st_mtime_ns == parts[
+        "nearest-view-scan21-1view.parquet"]  # kept, not scored again
+    assert (tmp_path / "rows" / "mean-image-scan21-1view.parquet").is_file()
+    assert again.equals(first)
+    with pytest.raises(ValueError, match="other settings"):
+        run_results(tmp_path, [21], [1], FitSettings(seeds=(0,)), variants, progress=False)

@@ -217,6 +217,8 @@ def run_results(out: Path, scans: list[int], n_views: list[int], settings: FitSe
         if before != recorded:
             raise ValueError(f"{out} holds results of other settings ({settings_file}: {before}); "
                              f"use another --out for {recorded}")
+    else:
+        _publish(settings_file, lambda path: path.write_text(json.dumps(recorded, indent=1) + "\n"))
     root = ensure_world_tree(out / "dtu", sorted(set(scans) | {3}))
     parts = [(n, scan, variant) for scan in scans for n in n_views for variant in variants]  # whole scans first
     frames = []
@@ -226,7 +228,6 @@ def run_results(out: Path, scans: list[int], n_views: list[int], settings: FitSe
             logger.info("mini world results: %s, scan %d, %d view(s)", variant, scan, n)
             frame = run_variant(variant, scan, n, root, out, settings)
             _publish(part, frame.to_parquet)
-            _publish(settings_file, lambda path: path.write_text(json.dumps(recorded, indent=1) + "\n"))
         frames.append(pd.read_parquet(part))
     table = summarize_results(frames)
     pd.concat(frames, ignore_index=True).to_parquet(out / "rows.parquet")
