@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-views", type=_ints, default=[1, 3])
     p.add_argument("--variants", type=lambda t: tuple(t.split(",")), default=VARIANTS)
     p.add_argument("--steps", type=int, default=FitSettings.steps, help="optimizer steps per fit")
+    p.add_argument("--learning-rate", type=float, default=FitSettings.learning_rate, help="fit learning rate")
+    p.add_argument("--batch-size", type=int, default=FitSettings.batch_size, help="fit batch size")
+    p.add_argument("--augmentation", choices=("fitting", "pretraining", "none"), default=FitSettings.augmentation,
+                   help="the fit's image augmentation (default none: see docs/mini_world.md, \"Fit settings\")")
     p.add_argument("--seeds", type=_ints, default=list(FitSettings.seeds))
     p.add_argument("--denoising-steps", type=int, default=FitSettings.denoising_steps)
     p.add_argument("--guidance-scale", type=float, default=FitSettings.guidance_scale)
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("viewneti_core.training.trainer", "viewneti_core.base_model.sd_models", "viewneti_core.evaluation.scoring"):
         logging.getLogger(name).setLevel(logging.WARNING)
     settings = FitSettings(steps=args.steps, seeds=tuple(args.seeds), denoising_steps=args.denoising_steps,
-                           guidance_scale=args.guidance_scale)
+                           guidance_scale=args.guidance_scale, batch_size=args.batch_size,
+                           learning_rate=args.learning_rate, augmentation=args.augmentation)
     started = time.perf_counter()
     if args.pretraining_scans:
         table = pretraining_ceiling(args.out, args.pretraining_scans, settings)

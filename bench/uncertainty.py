@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=_ints, default=list(range(8)))
     p.add_argument("--steps", type=int, default=FitSettings.steps, help="optimizer steps per fit")
     p.add_argument("--denoising-steps", type=int, default=FitSettings.denoising_steps)
+    p.add_argument("--augmentation", choices=("fitting", "pretraining", "none"), default=FitSettings.augmentation,
+                   help="the fit's image augmentation (default none, as bench.mini_world: docs/mini_world.md)")
     p.add_argument("--subset-sizes", type=_ints, default=[2, 3, 4, 6], help="seed counts re-scored for stability")
     p.add_argument("--subsets", type=int, default=6, help="random seed subsets per size and item")
     p.add_argument("--reuse", action="store_true", help="score existing predictions under --out instead of refitting")
@@ -158,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("viewneti_core.training.trainer", "viewneti_core.base_model.sd_models",
                  "viewneti_core.evaluation.scoring", "viewneti_core.evaluation.seed_spread"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    settings = FitSettings(steps=args.steps, seeds=tuple(args.seeds), denoising_steps=args.denoising_steps)
+    settings = FitSettings(steps=args.steps, seeds=tuple(args.seeds), denoising_steps=args.denoising_steps,
+                           augmentation=args.augmentation)
     started = time.perf_counter()
     out = Path(args.out)
     root = ensure_world_tree(out / "dtu", sorted(set(args.scans) | {3}))
