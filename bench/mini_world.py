@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from viewneti_core.data import dtu
-from viewneti_core.mini_world.evaluate import VARIANTS, FitSettings, pretraining_ceiling, run_results
+from viewneti_core.mini_world.evaluate import AUGMENTATIONS, VARIANTS, FitSettings, pretraining_ceiling, run_results
 
 
 def _ints(text: str) -> list[int]:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=FitSettings.steps, help="optimizer steps per fit")
     p.add_argument("--learning-rate", type=float, default=FitSettings.learning_rate, help="fit learning rate")
     p.add_argument("--batch-size", type=int, default=FitSettings.batch_size, help="fit batch size")
-    p.add_argument("--augmentation", choices=("fitting", "pretraining", "none"), default=FitSettings.augmentation,
+    p.add_argument("--augmentation", choices=AUGMENTATIONS, default=FitSettings.augmentation,
                    help="the fit's image augmentation (default none: see docs/mini_world.md, \"Fit settings\")")
     p.add_argument("--seeds", type=_ints, default=list(FitSettings.seeds))
     p.add_argument("--denoising-steps", type=int, default=FitSettings.denoising_steps)

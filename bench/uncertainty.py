@@ -33,6 +33,7 @@ from viewneti_core.data import dtu
 from viewneti_core.evaluation.scoring import evaluate_predictions
 from viewneti_core.inference import PREDICTIONS_INDEX, read_predictions, write_predictions
 from viewneti_core.mini_world.evaluate import (
+    AUGMENTATIONS,
     EVAL_SIZE,
     FitSettings,
     ensure_world_tree,
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=_ints, default=list(range(8)))
     p.add_argument("--steps", type=int, default=FitSettings.steps, help="optimizer steps per fit")
     p.add_argument("--denoising-steps", type=int, default=FitSettings.denoising_steps)
-    p.add_argument("--augmentation", choices=("fitting", "pretraining", "none"), default=FitSettings.augmentation,
+    p.add_argument("--augmentation", choices=AUGMENTATIONS, default=FitSettings.augmentation,
                    help="the fit's image augmentation (default none, as bench.mini_world: docs/mini_world.md)")
     p.add_argument("--subset-sizes", type=_ints, default=[2, 3, 4, 6], help="seed counts re-scored for stability")
     p.add_argument("--subsets", type=int, default=6, help="random seed subsets per size and item")

@@ -246,3 +246,18 @@ def test_results_resume_part_by_part_and_refuse_other_settings(tmp_path):
     assert again.equals(first)
     with pytest.raises(ValueError, match="other settings"):
         run_results(tmp_path, [21], [1], FitSettings(seeds=(0,)), variants, progress=False)
+    with pytest.raises(ValueError, match="other settings"):  # the fit's augmentation is one of the settings
+        run_results(tmp_path, [21], [1], FitSettings(seeds=(0, 1), augmentation="fitting"), variants, progress=False)
+
+
+def test_fit_config_carries_the_fit_settings(tmp_path):
+    """The bench's --learning-rate, --batch-size and --augmentation reach the fit; the world's default fit
+    has no augmentation (docs/mini_world.md, "Fit settings"), mode 2 has no pretrained view mapper."""
+    from viewneti_core.mini_world.evaluate import fit_config
+
+    default = fit_config("viewneti", 114, 3, tmp_path, tmp_path / "runs", FitSettings())
+    assert default.data.augmentation == "none" and default.model.pretrained_view_mapper == "mini-world"
+    tuned = fit_config("mode2", 114, 1, tmp_path, tmp_path / "runs",
+                       FitSettings(learning_rate=1.5e-2, batch_size=2, augmentation="fitting"))
+    assert (tuned.optim.learning_rate, tuned.optim.train_batch_size, tuned.data.augmentation) == (1.5e-2, 2, "fitting")
+    assert tuned.learnable_mode == 2 and tuned.model.pretrained_view_mapper is None

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import get_args
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ import pandas as pd
 import torch
 
 from viewneti_core.atomic_files import temp_file_beside
-from viewneti_core.config import ViewNetiConfig
+from viewneti_core.config import DataConfig, ViewNetiConfig
 from viewneti_core.data import dtu
 from viewneti_core.data.synthetic import make_synthetic_dtu
 from viewneti_core.evaluation.metrics import mse_to_psnr
@@ -46,6 +47,7 @@ EVAL_SIZE = (mini_world.SIZE[1], mini_world.SIZE[0])  # (H, W)
 LEARNED = ("viewneti", "untrained-view-mapper", "mode2")
 BASELINES = ("nearest-view", "mean-image")
 VARIANTS = LEARNED + BASELINES
+AUGMENTATIONS = get_args(DataConfig.model_fields["augmentation"].annotation)  # the config's choices
 
 
 @dataclass
