@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-views", type=_ints, default=[1, 3])
     p.add_argument("--variants", type=lambda t: tuple(t.split(",")), default=VARIANTS)
     p.add_argument("--steps", type=int, default=FitSettings.steps, help="optimizer steps per fit")
+    p.add_argument("--mode2-steps", type=int, default=FitSettings.mode2_steps,
+                   help="optimizer steps of the mode-2 fits (default: --steps)")
     p.add_argument("--learning-rate", type=float, default=FitSettings.learning_rate, help="fit learning rate")
     p.add_argument("--batch-size", type=int, default=FitSettings.batch_size, help="fit batch size")
     p.add_argument("--augmentation", choices=AUGMENTATIONS, default=FitSettings.augmentation,
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     settings = FitSettings(steps=args.steps, seeds=tuple(args.seeds), denoising_steps=args.denoising_steps,
                            guidance_scale=args.guidance_scale, batch_size=args.batch_size,
-                           learning_rate=args.learning_rate, augmentation=args.augmentation)
+                           learning_rate=args.learning_rate, augmentation=args.augmentation, mode2_steps=args.mode2_steps)
     started = time.perf_counter()
     if args.pretraining_scans:
         table = pretraining_ceiling(args.out, args.pretraining_scans, settings)

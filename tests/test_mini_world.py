@@ -248,10 +248,16 @@ def test_results_resume_part_by_part_and_refuse_other_settings(tmp_path):
         run_results(tmp_path, [21], [1], FitSettings(seeds=(0,)), variants, progress=False)
     with pytest.raises(ValueError, match="other settings"):  # the fit's augmentation is one of the settings
         run_results(tmp_path, [21], [1], FitSettings(seeds=(0, 1), augmentation="fitting"), variants, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        run_results(tmp_path, [21], [1], FitSettings(seeds=(0, 1), mode2_steps=1000), variants, progress=False)
+    # a folder written before mode2_steps was a setting holds mode 2 fits of `steps`: it resumes as the default
+    recorded = json.loads((tmp_path / "settings.json").read_text())
+    (tmp_path / "settings.json").write_text(json.dumps({k: v for k, v in recorded.items() if k != "mode2_steps"}))
+    assert run_results(tmp_path, [21], [1], settings, variants, progress=False).equals(first)
 
 
 def test_fit_config_carries_the_fit_settings(tmp_path):
-    """The bench's --learning-rate, --batch-size and --augmentation reach the fit; the world's default fit
+    """The bench's --learning-rate, --batch-size, --augmentation and --mode2-steps reach the fit; the world's default fit
     has no augmentation (docs/mini_world.md, "Fit settings"), mode 2 has no pretrained view mapper."""
     from viewneti_core.mini_world.evaluate import fit_config
 
@@ -261,3 +267,8 @@ def test_fit_config_carries_the_fit_settings(tmp_path):
                        FitSettings(learning_rate=1.5e-2, batch_size=2, augmentation="fitting"))
     assert (tuned.optim.learning_rate, tuned.optim.train_batch_size, tuned.data.augmentation) == (1.5e-2, 2, "fitting")
     assert tuned.learnable_mode == 2 and tuned.model.pretrained_view_mapper is None
+    # --mode2-steps lengthens the mode-2 fit only; without it every fit runs --steps
+    longer = FitSettings(steps=200, mode2_steps=1000)
+    assert fit_config("mode2", 114, 9, tmp_path, tmp_path / "runs", longer).optim.max_train_steps == 1000
+    assert fit_config("viewneti", 114, 9, tmp_path, tmp_path / "runs", longer).optim.max_train_steps == 200
+    assert tuned.optim.max_train_steps == 200
