@@ -1,8 +1,9 @@
 """The mini world: its scenes and captions, its build command (small, on the real code path) and
 behavioural tests on the shipped weights: on a pretraining scene the camera and the object token decide
 what is drawn; on a held-out scene the pretrained view mapper carries view control where an untrained
-one does not. (That ViewNeTI beats the copy baselines in the DTU protocol's masked PSNR is NOT asserted:
-measured, it does not in this world; BENCHMARKS.md, "Mini world".)"""
+one does not. (That ViewNeTI beats copying the nearest input view in the DTU protocol's masked PSNR is NOT
+asserted: measured over the 15 held-out scans, it does with 1 input view and not with 3; BENCHMARKS.md,
+"Mini world, second form".)"""
 
 from __future__ import annotations
 
@@ -160,11 +161,12 @@ def _psnr(images: torch.Tensor, truths: list[torch.Tensor]) -> float:
 
 
 SCAN3_VIEWS = [0, 6, 16, 26, 42, 48]  # far apart on the camera rows
-# Measured on the shipped weights (2026-12-05, seeds 0,1): scan 3 with its own cameras 15.89 dB, cameras
-# reversed 12.49; with the tokens of scans 4, 5, 6, 9, 10: 14.77, 15.44, 14.99, 15.19, 14.92 (mean 15.06).
+# Measured on the shipped weights (the 9,000-step view mapper, 2026-12-05, seeds 0,1): scan 3 with its own
+# cameras 16.04 dB, cameras reversed 12.86; with the tokens of scans 4, 5, 6, 9, 10: 14.99, 15.46, 15.15, 15.38,
+# 15.19 (mean 15.23). (The 3,000-step mapper before it: 15.89 vs 12.49; own token +0.82.)
 VIEW_MARGIN_DB = 2.0
 OTHER_SCANS = (4, 5, 6, 9, 10)
-TOKEN_MARGIN_DB = 0.4  # own token minus the mean of the others (measured 0.82); each other token scores lower
+TOKEN_MARGIN_DB = 0.4  # own token minus the mean of the others (measured 0.81); each other token scores lower
 
 
 def _scan3_psnr(shipped_mode3, token: str, cameras_of: list[int]) -> float:
@@ -219,13 +221,15 @@ def test_pretrained_view_mapper_beats_an_untrained_one_on_a_held_out_scan(tmp_pa
         gaps[variant] = float((rows["psnr_image"] - rows["psnr_image_reversed"]).mean())
         whole[variant] = float(rows["psnr_image"].mean())
         masked[variant] = float(rows["psnr"].mean())
-    # measured 2026-12-05 with these settings (python -m bench.mini_world --augmentation none, seeds 0,1):
-    # seed 0: view gap +1.84 vs -0.00 dB, whole image 17.13 vs 15.76, masked 13.46 vs 11.13; seed 1 of the
-    # same fits: +7.10 vs -0.01, 21.02 vs 16.67, 13.75 vs 11.47.
-    assert gaps["viewneti"] > 1.0, gaps
-    assert gaps["viewneti"] > gaps["untrained-view-mapper"] + 1.0, gaps
-    assert whole["viewneti"] > whole["untrained-view-mapper"] + 0.7, whole
-    assert masked["viewneti"] > masked["untrained-view-mapper"] + 1.0, masked
+    # measured 2026-12-05 with these settings and the shipped 9,000-step view mapper (python -m bench.mini_world,
+    # seeds 0,1): seed 0: view gap +4.29 vs -0.00 dB, whole image 18.92 vs 15.76, masked 15.34 vs 11.13; seed 1
+    # of the same fits: +8.48 vs -0.01, 22.38 vs 16.67, 16.15 vs 11.47. Over all 15 held-out scans the masked
+    # margin is +1.25 dB on average (BENCHMARKS.md): scan 114 is one of the clear ones, so the bounds below
+    # keep about half of its measured margins. The view gap's bound is the issue's 2 dB.
+    assert gaps["viewneti"] > 2.0, gaps
+    assert gaps["viewneti"] > gaps["untrained-view-mapper"] + 2.0, gaps
+    assert whole["viewneti"] > whole["untrained-view-mapper"] + 1.5, whole
+    assert masked["viewneti"] > masked["untrained-view-mapper"] + 2.0, masked
 
 
 def test_results_resume_part_by_part_and_refuse_other_settings(tmp_path):
