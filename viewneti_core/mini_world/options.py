@@ -21,7 +21,7 @@ class BuildOptions:
     unet_lr: float = 4e-4
     caption_dropout: float = 0.1
     view_words_share: float = 0.8  # the share of captions that carry view words
-    view_mapper_steps: int = 9000  # 3,000 -> 9,000 steps: held-out fits +0.8 dB (3 views); 15,000 overfit (docs/mini_world.md)
+    view_mapper_steps: int = 9000  # from 3,000: held-out fits +0.4/+0.6 dB masked (1/3 views); 15,000 overfit (docs/mini_world.md)
     checkpoint_every: int = 200
     scenes_per_seed: int | None = None  # fewer base scenes (tests); None: every base scan
     pretrain_scans: tuple[int, ...] = dtu.PRETRAIN_SCANS
