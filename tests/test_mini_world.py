@@ -141,6 +141,9 @@ def test_shipped_weights_are_small_and_say_what_they_are():
     checkpoint = root / "view-mapper"
     assert read_checkpoint_info(checkpoint)["base_model"] == "builtin:mini-world"
     assert resolve_view_mapper_path("mini-world").parent.parent == checkpoint  # the registered name
+    # what a default build makes is what ships: a changed default (or stale weights) shows here
+    assert json.loads((root / "build.json").read_text())["options"] == build.BuildOptions().to_dict()
+    assert read_checkpoint_info(checkpoint)["step"] == build.BuildOptions().view_mapper_steps
 
 
 @pytest.fixture(scope="module")
