@@ -47,8 +47,9 @@ def test_core_demo_fits_a_held_out_mini_world_scene(tmp_path):
     for relative in summary["grids"]:
         with Image.open(out / relative) as image:
             assert image.size[0] * image.size[1] > 64 * 48  # the views side by side
-    # Measured (DTU protocol, masked): ViewNeTI at 3 views, 200 steps on held-out scan 114 reaches 13.46 and
-    # 13.75 dB over its 25 test views for seeds 0 and 1 (BENCHMARKS.md, 2026-12-05); on its novel views 1, 9, 30
+    # Measured (DTU protocol, masked): ViewNeTI at 3 views, 200 steps on held-out scan 114 reaches 13.56 and
+    # 13.88 dB over its 25 test views for seeds 0 and 1 (python -m bench.mini_world, 2026-12-05); the demo's
+    # novel views 1, 9, 30 score 14.13 over seeds 0 and 1 (`viewneti demo`, same day); on those views
     # uniform noise scores 9.2 dB and a black image 5.4 dB (2026-12-04). A flat grey scores 14 dB, which the
     # pixel spread above rules out; a copy of the truth (100 dB) would mean the test views leaked into the fit.
     assert 10.0 < summary["novel_view_psnr"] < 20.0, summary["novel_view_psnr"]

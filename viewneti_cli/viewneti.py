@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0)
         sub.set_defaults(handler=_cmd_make_model, takes_overrides=False)
     build = models.add_parser("build-mini-world", help="train the mini world's base model and view mapper from "
-                              "scratch on synthetic scenes (about an hour on 2 CPU cores; resumable)")
+                              "scratch on synthetic scenes (about 90 minutes on 2 CPU cores; resumable)")
     from viewneti_core.mini_world.options import add_build_arguments
 
     add_build_arguments(build)
