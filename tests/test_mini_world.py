@@ -17,14 +17,13 @@ from safetensors.torch import load_file
 from viewneti_core.base_model.sd_models import SHIPPED, load_components
 from viewneti_core.config import ViewNetiConfig
 from viewneti_core.data import dtu
-from viewneti_core.mini_world import scenes
 from viewneti_core.evaluation.metrics import mse_to_psnr
 from viewneti_core.images import load_image
 from viewneti_core.inference import view_prompt
 from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
 from viewneti_core.method.model import build_model
 from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
-from viewneti_core.mini_world import build
+from viewneti_core.mini_world import build, scenes
 from viewneti_core.mini_world import world as mini_world
 from viewneti_core.mini_world.evaluate import FitSettings, ensure_world_tree, run_variant
 from viewneti_core.training.checkpoints import load_checkpoint_mappers, read_checkpoint_info
@@ -226,10 +225,10 @@ def test_pretrained_view_mapper_beats_an_untrained_one_on_a_held_out_scan(tmp_pa
         masked[variant] = float(rows["psnr"].mean())
     # Measured 2026-12-05 with these settings and the shipped weights (python -m bench.mini_world, seeds 0,1;
     # BENCHMARKS.md): seed 0: view gap +5.14 vs +0.08 dB, whole image 18.85 vs 14.33, masked 15.09 vs 12.45;
-    # seed 1: +5.96 vs -0.01, 20.03 vs 15.24, 15.25 vs 12.66. Over the 15 held-out scans the pretrained mapper is ahead
-    # on every scan with 3 views (masked +2.11 dB on average, spread 1.09); scan 45 is one whose margins hold
-    # for both seeds (scan 114, the demo's, has seed 0's weakest view gap: +0.84), so the bounds below keep
-    # about half of its measured margins. The view gap's bound is the issue's 2 dB.
+    # seed 1: +5.96 vs -0.01, 20.03 vs 15.24, 15.25 vs 12.66. Over the 15 held-out scans the pretrained
+    # mapper is ahead on every scan with 3 views (masked +2.11 dB on average, spread 1.09); scan 45 is one
+    # whose margins hold for both seeds (scan 114, the demo's, has seed 0's weakest view gap: +0.84), so
+    # the bounds below keep about half of its measured margins. The view gap's bound is the issue's 2 dB.
     assert gaps["viewneti"] > 2.0, gaps
     assert gaps["viewneti"] > gaps["untrained-view-mapper"] + 2.0, gaps
     assert whole["viewneti"] > whole["untrained-view-mapper"] + 2.0, whole

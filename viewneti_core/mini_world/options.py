@@ -16,12 +16,14 @@ class BuildOptions:
     vae_steps: int = 800
     vae_batch: int = 16
     vae_lr: float = 1e-3
-    unet_steps: int = 10000  # from 5,000: base samples +1.67 -> +2.15 dB over the mean image (docs/mini_world.md)
+    # from 5,000: base samples +1.67 -> +2.15 dB over their mean image (docs/mini_world.md)
+    unet_steps: int = 10000
     unet_batch: int = 32
     unet_lr: float = 4e-4
     caption_dropout: float = 0.1
     view_words_share: float = 0.8  # the share of captions that carry view words
-    view_mapper_steps: int = 9000  # from 3,000: held-out fits +0.4/+0.6 dB masked (1/3 views); 15,000 overfit (docs/mini_world.md)
+    # from 3,000: held-out fits +0.4/+0.6 dB masked (1/3 views); 15,000 overfit (docs/mini_world.md)
+    view_mapper_steps: int = 9000
     checkpoint_every: int = 200
     scenes_per_seed: int | None = None  # fewer base scenes (tests); None: every base scan
     pretrain_scans: tuple[int, ...] = dtu.PRETRAIN_SCANS
