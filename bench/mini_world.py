@@ -21,7 +21,13 @@ import time
 from pathlib import Path
 
 from viewneti_core.data import dtu
-from viewneti_core.mini_world.evaluate import AUGMENTATIONS, VARIANTS, FitSettings, pretraining_ceiling, run_results
+from viewneti_core.mini_world.evaluate import (
+    AUGMENTATIONS,
+    VARIANTS,
+    FitSettings,
+    pretraining_ceiling,
+    run_results,
+)
 
 
 def _ints(text: str) -> list[int]:

@@ -22,8 +22,8 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import get_args
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -141,12 +141,12 @@ def baseline_predictions(variant: str, root: Path, scan: int, n_views: int, seed
         else:
             image = mean
         images.update({(seed, cam): image for seed in seeds})
-    meta = _prediction_meta(root, scan, n_views, seeds, run_dir=variant, learnable_mode=-1, object_token=variant,
+    meta = prediction_meta(root, scan, n_views, seeds, run_dir=variant, learnable_mode=-1, object_token=variant,
                             base_model="none", weights="baseline")
     return write_predictions(out, images, meta)
 
 
-def _prediction_meta(root: Path, scan: int, n_views: int, seeds: tuple[int, ...], **made_by) -> dict:
+def prediction_meta(root: Path, scan: int, n_views: int, seeds: tuple[int, ...], **made_by) -> dict:
     """The predictions index of a mini-world scan's test views; `made_by` says what drew them."""
     return {"step": 0, "scan": scan, "n_views": n_views, "train_cams": list(dtu.train_views(n_views)),
             "seeds": list(seeds), "cams": list(dtu.TEST_VIEWS), "light": dtu.DEFAULT_LIGHT, "data_root": str(root),
@@ -290,7 +290,7 @@ def pretraining_ceiling(out: Path, scans: list[int], settings: FitSettings) -> p
             if variant in BASELINES:
                 baseline_predictions(variant, root, scan, 3, settings.seeds, pred_dir)
             else:
-                write_predictions(pred_dir, dict(zip(keys, images, strict=True)), _prediction_meta(
+                write_predictions(pred_dir, dict(zip(keys, images, strict=True)), prediction_meta(
                     root, scan, 3, settings.seeds, run_dir=str(checkpoint), learnable_mode=3,
                     object_token=f"<scan{scan}>", base_model=MODEL, weights=mini_world.WEIGHTS_LABEL))
             frames.append(score_predictions(pred_dir, root, scan, variant))
