@@ -190,3 +190,8 @@ def print_table(title: str, rows: list[tuple[str, object]]) -> None:
     print(f"\n== {title} ==")
     for key, value in rows:
         print(f"  {key.ljust(width)}  {fmt(value)}")
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type for "1,2,3" (blanks ignored)."""
+    return [int(v) for v in text.split(",") if v.strip()]

@@ -20,6 +20,7 @@ import logging
 import time
 from pathlib import Path
 
+from bench.common import int_list
 from viewneti_core.data import dtu
 from viewneti_core.mini_world.evaluate import (
     AUGMENTATIONS,
@@ -28,10 +29,6 @@ from viewneti_core.mini_world.evaluate import (
     pretraining_ceiling,
     run_results,
 )
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def markdown(table) -> str:
@@ -47,8 +44,8 @@ def markdown(table) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.mini_world", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scans", type=_ints, default=list(dtu.TEST_SCANS), help="held-out scans (default: all 15)")
-    p.add_argument("--n-views", type=_ints, default=[1, 3])
+    p.add_argument("--scans", type=int_list, default=list(dtu.TEST_SCANS), help="held-out scans (default: all 15)")
+    p.add_argument("--n-views", type=int_list, default=[1, 3])
     p.add_argument("--variants", type=lambda t: tuple(t.split(",")), default=VARIANTS)
     p.add_argument("--steps", type=int, default=FitSettings.steps, help="optimizer steps per fit")
     p.add_argument("--mode2-steps", type=int, default=FitSettings.mode2_steps,
@@ -57,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=FitSettings.batch_size, help="fit batch size")
     p.add_argument("--augmentation", choices=AUGMENTATIONS, default=FitSettings.augmentation,
                    help="the fit's image augmentation (default none: see docs/mini_world.md, \"Fit settings\")")
-    p.add_argument("--seeds", type=_ints, default=list(FitSettings.seeds))
+    p.add_argument("--seeds", type=int_list, default=list(FitSettings.seeds))
     p.add_argument("--denoising-steps", type=int, default=FitSettings.denoising_steps)
     p.add_argument("--guidance-scale", type=float, default=FitSettings.guidance_scale)
     p.add_argument("--out", type=Path, default=Path("outputs/bench/mini-world"))
-    p.add_argument("--pretraining-scans", type=_ints, default=None,
+    p.add_argument("--pretraining-scans", type=int_list, default=None,
                    help="instead: the ceiling - these PRETRAINING scans rendered with their own mode-3 tokens "
                         "(no fit) next to the copy baselines, e.g. 3,4")
     args = p.parse_args(argv)

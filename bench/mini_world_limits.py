@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.common import int_list
 from viewneti_core.base_model.sd_models import load_components
 from viewneti_core.config import ViewNetiConfig
 from viewneti_core.data import dtu
@@ -40,10 +41,6 @@ from viewneti_core.mini_world.evaluate import (
     prediction_meta,
     score_predictions,
 )
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 @torch.no_grad()
@@ -102,10 +99,10 @@ def scan_limits(scan: int, n_views: int, out: Path, vae, fit: Path | None, seeds
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.mini_world_limits", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scans", type=_ints, default=list(dtu.TEST_SCANS), help="held-out scans (default: all 15)")
+    p.add_argument("--scans", type=int_list, default=list(dtu.TEST_SCANS), help="held-out scans (default: all 15)")
     p.add_argument("--n-views", type=int, default=9, help="input views of the copy baseline and the fits")
     p.add_argument("--fits", type=Path, default=None, help="a bench.mini_world output folder with mode-2 fits")
-    p.add_argument("--seeds", type=_ints, default=[0, 1], help="seeds of the fits' renders at their inputs")
+    p.add_argument("--seeds", type=int_list, default=[0, 1], help="seeds of the fits' renders at their inputs")
     p.add_argument("--out", type=Path, default=Path("outputs/bench/mini-world-limits"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.common import int_list
 from viewneti_core.data import dtu
 from viewneti_core.evaluation.scoring import evaluate_predictions
 from viewneti_core.inference import PREDICTIONS_INDEX, read_predictions, write_predictions
@@ -43,10 +44,6 @@ from viewneti_core.mini_world.evaluate import (
 
 VARIANT = "viewneti"
 VIEW_COLUMNS = ["div_rmse", "ause", "ause_random", "unc_spearman", "ens_psnr", "best_psnr", "psnr"]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def camera_distances(root: Path, n_views: int) -> dict[int, float]:
@@ -145,14 +142,14 @@ def _md(frame: pd.DataFrame, digits: int = 4) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.uncertainty", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scans", type=_ints, default=[21, 114], help="held-out scans")
-    p.add_argument("--n-views", type=_ints, default=[1, 3])
-    p.add_argument("--seeds", type=_ints, default=list(range(8)))
+    p.add_argument("--scans", type=int_list, default=[21, 114], help="held-out scans")
+    p.add_argument("--n-views", type=int_list, default=[1, 3])
+    p.add_argument("--seeds", type=int_list, default=list(range(8)))
     p.add_argument("--steps", type=int, default=FitSettings.steps, help="optimizer steps per fit")
     p.add_argument("--denoising-steps", type=int, default=FitSettings.denoising_steps)
     p.add_argument("--augmentation", choices=AUGMENTATIONS, default=FitSettings.augmentation,
                    help="the fit's image augmentation (default none, as bench.mini_world: docs/mini_world.md)")
-    p.add_argument("--subset-sizes", type=_ints, default=[2, 3, 4, 6], help="seed counts re-scored for stability")
+    p.add_argument("--subset-sizes", type=int_list, default=[2, 3, 4, 6], help="seed counts re-scored for stability")
     p.add_argument("--subsets", type=int, default=6, help="random seed subsets per size and item")
     p.add_argument("--reuse", action="store_true", help="score existing predictions under --out instead of refitting")
     p.add_argument("--out", type=Path, default=Path("outputs/bench/uncertainty"))
