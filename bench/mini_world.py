@@ -5,9 +5,11 @@ an untrained view mapper; mode 2 without pretraining), renders every DTU test vi
 scores them with the DTU protocol next to two non-learned baselines (nearest input view, mean input
 image). Prints a Markdown table (mean ± std over scans x seeds): the DTU protocol's masked PSNR and
 SSIM, the whole-image PSNR, and the view gap (whole-image PSNR against the render's own camera minus
-against the mirrored test view's: ~0 when the camera does not decide what is drawn); writes
-rows.parquet, results.csv and settings.json under --out, and each (views, scan, variant) as it finishes
-under --out/rows/: rerun the same command to go on after an interruption. See docs/mini_world.md.
+against the mirrored test view's: ~0 when the camera does not decide what is drawn), then the issue's
+bars (`viewneti_core.mini_world.bars`: paired margins between variants and their spread over scans).
+Writes rows.parquet, results.csv, bars.csv and settings.json under --out, and each (views, scan,
+variant) as it finishes under --out/rows/: rerun the same command to go on after an interruption.
+See docs/mini_world.md.
 
     python -m bench.mini_world --scans 21,114 --n-views 1,3 --steps 300 --seeds 0,1
     python -m bench.mini_world --pretraining-scans 3,4     # the ceiling: scenes seen in pretraining
@@ -20,8 +22,12 @@ import logging
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from bench.common import int_list
 from viewneti_core.data import dtu
+from viewneti_core.mini_world.bars import bar_table
+from viewneti_core.mini_world.bars import markdown as bars_markdown
 from viewneti_core.mini_world.evaluate import (
     AUGMENTATIONS,
     VARIANTS,
@@ -80,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     table = run_results(args.out, args.scans, args.n_views, settings, args.variants)
     print(markdown(table))
+    bars = bar_table(pd.read_parquet(args.out / "rows.parquet"))
+    if len(bars):
+        bars.to_csv(args.out / "bars.csv", index=False)
+        print("\nThe issue's bars (paired over scans and seeds; reached: margin > spread over scans):\n"
+              + bars_markdown(bars))
     print(f"\n{len(args.scans)} held-out scan(s) x {len(args.seeds)} seed(s); {time.perf_counter() - started:.0f} s; "
           f"tables in {args.out}")
     return 0

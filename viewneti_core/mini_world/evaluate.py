@@ -197,12 +197,18 @@ def score_predictions(pred_dir: Path, root: Path, scan: int, variant: str) -> pd
     return frame
 
 
+def per_set_means(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per image set (variant, n_views, scan, seed): the mean of its test views' scores, and its
+    view gap (whole-image PSNR against its own cameras minus against the mirrored ones)."""
+    metrics = ["psnr", "ssim", "psnr_image", "psnr_image_reversed"]
+    per_set = rows.groupby(["variant", "n_views", "scan", "seed"], as_index=False)[metrics].mean()
+    per_set["view_gap"] = per_set["psnr_image"] - per_set["psnr_image_reversed"]
+    return per_set
+
+
 def summarize_results(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Per (variant, n_views): mean and std over (scan, seed) of the per-image-set means, as DTU tables do."""
-    df = pd.concat(frames, ignore_index=True)
-    metrics = ["psnr", "ssim", "psnr_image", "psnr_image_reversed"]
-    per_set = df.groupby(["variant", "n_views", "scan", "seed"], as_index=False)[metrics].mean()
-    per_set["view_gap"] = per_set["psnr_image"] - per_set["psnr_image_reversed"]
+    per_set = per_set_means(pd.concat(frames, ignore_index=True))
     table = per_set.groupby(["variant", "n_views"]).agg(
         psnr_mean=("psnr", "mean"), psnr_std=("psnr", "std"), ssim_mean=("ssim", "mean"), ssim_std=("ssim", "std"),
         image_psnr_mean=("psnr_image", "mean"), image_psnr_std=("psnr_image", "std"),

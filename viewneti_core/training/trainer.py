@@ -113,7 +113,7 @@ def training_draws(
         draws.append((torch.randn(mean.shape[1:], generator=generator, device=device, dtype=dtype),
                       torch.randn(mean.shape[1:], generator=generator, device=device, dtype=dtype),
                       torch.randint(0, num_timesteps, (1,), generator=generator, device=device)))
-    eps, noise, timesteps = zip(*draws)
+    eps, noise, timesteps = zip(*draws, strict=True)
     return (mean + std * torch.stack(eps)) * scaling_factor, torch.stack(noise), torch.cat(timesteps)
 
 
