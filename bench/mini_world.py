@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from pydantic import ValidationError
 
 from bench.common import int_list
+from viewneti_core.config import DataConfig
 from viewneti_core.data import dtu
 from viewneti_core.mini_world.bars import bar_table
 from viewneti_core.mini_world.bars import markdown as bars_markdown
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=FitSettings.batch_size, help="fit batch size")
     p.add_argument("--augmentation", choices=AUGMENTATIONS, default=FitSettings.augmentation,
                    help="the fit's image augmentation (default none: see docs/mini_world.md, \"Fit settings\")")
+    p.add_argument("--view-caption", default=FitSettings.view_caption,
+                   help="the fits' caption, with {view} and {object} (data.view_caption; default the original's)")
     p.add_argument("--seeds", type=int_list, default=list(FitSettings.seeds))
     p.add_argument("--denoising-steps", type=int, default=FitSettings.denoising_steps)
     p.add_argument("--guidance-scale", type=float, default=FitSettings.guidance_scale)
@@ -68,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead: the ceiling - these PRETRAINING scans rendered with their own mode-3 tokens "
                         "(no fit) next to the copy baselines, e.g. 3,4")
     args = p.parse_args(argv)
+    try:
+        DataConfig(view_caption=args.view_caption)
+    except ValidationError as exc:
+        p.error(f"--view-caption: {exc.errors()[0]['msg']}")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variant(s) {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -76,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     settings = FitSettings(steps=args.steps, seeds=tuple(args.seeds), denoising_steps=args.denoising_steps,
                            guidance_scale=args.guidance_scale, batch_size=args.batch_size,
-                           learning_rate=args.learning_rate, augmentation=args.augmentation, mode2_steps=args.mode2_steps)
+                           learning_rate=args.learning_rate, augmentation=args.augmentation, mode2_steps=args.mode2_steps,
+                           view_caption=args.view_caption)
     started = time.perf_counter()
     if args.pretraining_scans:
         table = pretraining_ceiling(args.out, args.pretraining_scans, settings)

@@ -159,3 +159,14 @@ def test_a_scan_directory_that_disagrees_with_dtu_scan(tmp_path):
 def test_shipped_demo_config_is_valid():
     cfg = load_config("configs/core_demo.yaml")
     assert cfg.eval.seeds == [0, 1]
+
+
+def test_the_caption_template_is_checked_and_named():
+    from viewneti_core.inference import view_prompt
+
+    assert load_config(None, []).data.view_caption == "{view}. A photo of a {object}"  # the original's
+    config = load_config(None, ["--data.view_caption", "{view}. {object}"])
+    assert view_prompt(config, "<scan3>") == "<view>. <scan3>"  # inference prompts with the run's caption
+    for bad in ("{view} only", "{object}, {view}, {view}", "{view} {x} {object}", "{view}. {object"):
+        with pytest.raises(ConfigError, match=r"data\.view_caption"):
+            load_config(None, ["--data.view_caption", bad])

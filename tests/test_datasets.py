@@ -89,6 +89,15 @@ def test_dtu_scene_dataset_items(synthetic_dtu_root):
     np.testing.assert_allclose((item["pixel_values"].permute(1, 2, 0).numpy() + 1) / 2 * 255, expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("mode", [2, 3])
+def test_the_configured_caption_reaches_every_item(mode, synthetic_dtu_root):
+    """data.view_caption decides the caption of modes 2-5 (one scene or many), placeholders filled in."""
+    data = build_training_data(_config(synthetic_dtu_root, mode, view_caption="{object}; {view}"))
+    token = data.object_tokens[0]
+    items = [data.dataset[i] for i in range(len(data.dataset))]
+    assert {item["caption"] for item in items if item["object_token"] == token} == {f"{token}; <view>"}
+
+
 def test_light_selection_changes_the_images(synthetic_dtu_root):
     dark = DTUSceneDataset(synthetic_dtu_root, 114, views=(25,), light=0, size=(32, 24), augmentation="none",
                            repeats=1)[0]

@@ -257,14 +257,19 @@ def test_results_resume_part_by_part_and_refuse_other_settings(tmp_path):
         run_results(tmp_path, [21], [1], FitSettings(seeds=(0, 1), augmentation="fitting"), variants, progress=False)
     with pytest.raises(ValueError, match="other settings"):
         run_results(tmp_path, [21], [1], FitSettings(seeds=(0, 1), mode2_steps=1000), variants, progress=False)
-    # a folder written before mode2_steps was a setting holds mode 2 fits of `steps`: it resumes as the default
+    with pytest.raises(ValueError, match="other settings"):
+        run_results(tmp_path, [21], [1], FitSettings(seeds=(0, 1), view_caption="{view}. {object}"), variants,
+                    progress=False)
+    # a folder written before mode2_steps and view_caption were settings holds mode 2 fits of `steps` with the
+    # original's caption: it resumes as the defaults
     recorded = json.loads((tmp_path / "settings.json").read_text())
-    (tmp_path / "settings.json").write_text(json.dumps({k: v for k, v in recorded.items() if k != "mode2_steps"}))
+    (tmp_path / "settings.json").write_text(json.dumps({k: v for k, v in recorded.items()
+                                                        if k not in ("mode2_steps", "view_caption")}))
     assert run_results(tmp_path, [21], [1], settings, variants, progress=False).equals(first)
 
 
 def test_fit_config_carries_the_fit_settings(tmp_path):
-    """The bench's --learning-rate, --batch-size, --augmentation and --mode2-steps reach the fit; the world's default fit
+    """The bench's --learning-rate, --batch-size, --augmentation, --mode2-steps and --view-caption reach the fit; the world's default fit
     has no augmentation (docs/mini_world.md, "Fit settings"), mode 2 has no pretrained view mapper."""
     from viewneti_core.mini_world.evaluate import fit_config
 
@@ -279,3 +284,7 @@ def test_fit_config_carries_the_fit_settings(tmp_path):
     assert fit_config("mode2", 114, 9, tmp_path, tmp_path / "runs", longer).optim.max_train_steps == 1000
     assert fit_config("viewneti", 114, 9, tmp_path, tmp_path / "runs", longer).optim.max_train_steps == 200
     assert tuned.optim.max_train_steps == 200
+    # --view-caption sets the fits' caption; the default is the original's
+    assert default.data.view_caption == "{view}. A photo of a {object}"
+    plain = fit_config("mode2", 114, 9, tmp_path, tmp_path / "runs", FitSettings(view_caption="{view}. {object}"))
+    assert plain.data.view_caption == "{view}. {object}"

@@ -101,3 +101,16 @@ def test_a_mode_0_run_or_an_object_mapper_is_not_a_view_mapper(image_folder, tin
     assert object_stem.with_suffix(".json").is_file()
     with pytest.raises(ValueError, match="is an object mapper, not a view mapper"):
         load_pretrained_view_mapper(str(object_stem), text_width=32, camera_representation="dtu-12d")
+
+
+def test_a_fit_with_another_caption_than_the_pretraining_one_is_warned(pretrained_run, caplog):
+    """The camera code a view mapper learned goes with the caption it was pretrained with (data.view_caption)."""
+    spec = str(pretrained_run)
+    with caplog.at_level("WARNING", logger="viewneti_core.training.view_mapper_registry"):
+        load_pretrained_view_mapper(spec, text_width=32, camera_representation="dtu-12d",
+                                    view_caption="{view}. A photo of a {object}")
+        assert not caplog.records  # the caption the test pretraining run used
+        load_pretrained_view_mapper(spec, text_width=32, camera_representation="dtu-12d", view_caption="{view}. {object}")
+    warned = {record.getMessage() for record in caplog.records}  # one warning (a handler may see it twice)
+    assert len(warned) == 1
+    assert "'{view}. A photo of a {object}'" in caplog.text and "'{view}. {object}'" in caplog.text

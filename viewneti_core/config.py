@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import string
 import types
 import typing
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from pydantic import (
 )
 
 from viewneti_core.data import dtu
+from viewneti_core.data.captions import VIEW_CAPTION
 from viewneti_core.errors import ArtifactError
 from viewneti_core.safe_io import (
     BoundedBaseLoader,
@@ -135,6 +137,7 @@ class DataConfig(_Section):
     augmentation: Literal["fitting", "pretraining", "none"] = "fitting"
     camera_representation: Literal["dtu-12d", "spherical"] = "dtu-12d"
     placeholder_view_token: str = "<view>"
+    view_caption: str = VIEW_CAPTION
     super_category_view_token: str = "view"
     placeholder_object_token: str = "<object>"
     super_category_object_token: str = "object"
@@ -162,6 +165,18 @@ class DataConfig(_Section):
     @classmethod
     def _placeholder_shape(cls, value: str) -> str:
         return check_placeholder_token(value)
+
+    @field_validator("view_caption")
+    @classmethod
+    def _caption_fields(cls, value: str) -> str:
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a caption template ({exc}); e.g. {VIEW_CAPTION!r}") from None
+        if sorted(fields) != ["object", "view"]:
+            raise ValueError(f"the caption needs {{view}} and {{object}} once each and no other {{...}} field, "
+                             f"got {value!r}; e.g. {VIEW_CAPTION!r}")
+        return value
 
     @field_validator("super_category_view_token", "super_category_object_token")
     @classmethod

@@ -23,6 +23,7 @@ from viewneti_core.base_model.sd_models import load_components, resolve_device, 
 from viewneti_core.config import ConfigError, ViewNetiConfig, deep_merge, parse_overrides, validate_config
 from viewneti_core.data import dtu
 from viewneti_core.data.cameras import interpolate_cameras
+from viewneti_core.data.captions import view_caption
 from viewneti_core.errors import ArtifactError, PromptError
 from viewneti_core.images import (
     image_tensor_problem,
@@ -124,7 +125,8 @@ def mapper_camera_inputs(cameras: dict[int, np.ndarray], representation: str) ->
 
 
 def view_prompt(config: ViewNetiConfig, object_token: str) -> str:
-    return f"{config.data.placeholder_view_token}. A photo of a {object_token}"
+    """The caption the run was trained on, for `object_token`."""
+    return view_caption(config.data.placeholder_view_token, object_token, config.data.view_caption)
 
 
 def render_cameras(

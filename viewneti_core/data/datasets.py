@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from viewneti_core.data import dtu
 from viewneti_core.data.augmentations import build_augmentation
 from viewneti_core.data.cameras import CameraNormalization, camera_vector
+from viewneti_core.data.captions import VIEW_CAPTION, view_caption
 from viewneti_core.images import load_image
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,6 @@ IMAGENET_SMALL_TEMPLATES = (
     "a photo of the small {}", "a photo of the weird {}", "a photo of the large {}",
     "a photo of a cool {}", "a photo of a small {}",
 )
-
-
-def view_caption(view_token: str, object_token: str) -> str:
-    """The one caption of modes 2-5."""
-    return f"{view_token}. A photo of a {object_token}"
 
 
 def load_resized(path: Path, size: tuple[int, int]) -> torch.Tensor:
@@ -117,11 +113,13 @@ class ViewImagesDataset(torch.utils.data.Dataset):
         view_token: str,
         augmentation: str = "fitting",
         repeats: int = 1,
+        caption: str = VIEW_CAPTION,
     ) -> None:
         if not entries:
             raise ValueError("the dataset has no images")
         self.size = tuple(size)
         self.view_token = view_token
+        self.caption = caption
         self.repeats = int(repeats)
         self.paths = [Path(p) for p, _, _ in entries]
         self.cameras = torch.stack([c.to(torch.float32) for _, c, _ in entries])
@@ -140,7 +138,7 @@ class ViewImagesDataset(torch.utils.data.Dataset):
         image = self.augment(self.images[i])  # uint8 in, uint8 out: the original augmented 8-bit PIL images
         return {
             "pixel_values": to_model_range(image),
-            "caption": view_caption(self.view_token, self.tokens[i]),
+            "caption": view_caption(self.view_token, self.tokens[i], self.caption),
             "object_token": self.tokens[i],
             "camera": self.cameras[i],
             "source_index": i,
@@ -166,11 +164,12 @@ class DTUSceneDataset(ViewImagesDataset):
 
     def __init__(self, root: Path | str, scan: int, views: Sequence[int], light: int = dtu.DEFAULT_LIGHT,
                  size: tuple[int, int] = (512, 384), augmentation: str = "fitting", view_token: str = "<view>",
-                 object_token: str = "<object>", repeats: int = 100, camera_representation: str = "dtu-12d") -> None:
+                 object_token: str = "<object>", repeats: int = 100, camera_representation: str = "dtu-12d",
+                 caption: str = VIEW_CAPTION) -> None:
         root = Path(root)
         cameras = camera_vectors(dtu.load_cameras(root), camera_representation)
         super().__init__(_dtu_entries(root, scan, views, light, object_token, cameras),
-                         size, view_token, augmentation, repeats)
+                         size, view_token, augmentation, repeats, caption)
         self.scan = scan
         self.views = list(views)
 
@@ -182,7 +181,7 @@ class DTUMultiSceneDataset(ViewImagesDataset):
                  light: int = dtu.DEFAULT_LIGHT, size: tuple[int, int] = (512, 384),
                  augmentation: str = "pretraining", view_token: str = "<view>",
                  token_pattern: str = "<scan{scan}>", repeats: int = 100,
-                 camera_representation: str = "dtu-12d") -> None:
+                 camera_representation: str = "dtu-12d", caption: str = VIEW_CAPTION) -> None:
         if not scans:
             raise ValueError("mode 3 needs at least one pretraining scan (data.dtu_pretrain_scans)")
         root = Path(root)
@@ -190,7 +189,7 @@ class DTUMultiSceneDataset(ViewImagesDataset):
         entries = []
         for scan in scans:
             entries += _dtu_entries(root, scan, views, light, token_pattern.format(scan=scan), cameras)
-        super().__init__(entries, size, view_token, augmentation, repeats)
+        super().__init__(entries, size, view_token, augmentation, repeats, caption)
         self.scans = list(scans)
 
     def indices_by_scene(self) -> dict[str, list[int]]:

@@ -32,6 +32,7 @@ import torch
 from viewneti_core.atomic_files import temp_file_beside
 from viewneti_core.config import DataConfig, ViewNetiConfig
 from viewneti_core.data import dtu
+from viewneti_core.data.captions import VIEW_CAPTION
 from viewneti_core.data.synthetic import make_synthetic_dtu
 from viewneti_core.evaluation.metrics import mse_to_psnr
 from viewneti_core.evaluation.scoring import evaluate_predictions
@@ -65,6 +66,9 @@ class FitSettings:
     # Mode 2 learns its view mapper from the input views alone (the original trains it 3,000 steps on
     # one scene); None: the same steps as the other fits. A lever for the 9-view interpolation bar.
     mode2_steps: int | None = None
+    # The fits' caption (data.view_caption). The world's base model never read "A photo of a"; mode-2 fits
+    # without it measured no better (docs/mini_world.md, "What holds mode 2 back from 9 views").
+    view_caption: str = VIEW_CAPTION
 
     def steps_for(self, variant: str) -> int:
         return self.mode2_steps if variant == "mode2" and self.mode2_steps is not None else self.steps
@@ -91,7 +95,8 @@ def fit_config(variant: str, scan: int, n_views: int, root: Path, runs: Path, se
         "log": {"exp_dir": str(runs), "exp_name": f"{variant}-scan{scan}-{n_views}view", "report_to": "none",
                 "save_steps": steps, "overwrite_ok": True},
         "data": {"train_data_dir": str(root), "dtu_scan": scan, "dtu_subset": n_views, "width": width,
-                 "height": height, "resolution": width, "augmentation": settings.augmentation},
+                 "height": height, "resolution": width, "augmentation": settings.augmentation,
+                 "view_caption": settings.view_caption},
         "model": {"pretrained_model_name_or_path": model} | ({"pretrained_view_mapper": view_mapper} if mode == 5 else {}),
         "eval": {"width": width, "height": height, "validation_steps": 10**9, "final_validation": False,
                  "seeds": list(settings.seeds), "num_denoising_steps": settings.denoising_steps,
@@ -234,6 +239,7 @@ def run_results(out: Path, scans: list[int], n_views: list[int], settings: FitSe
     if settings_file.is_file():
         before = {k: v for k, v in json.loads(settings_file.read_text()).items() if k in recorded}
         before.setdefault("mode2_steps", None)  # folders from before the setting: mode 2 ran `steps`
+        before.setdefault("view_caption", VIEW_CAPTION)  # and the original's caption
         if before != recorded:
             raise ValueError(f"{out} holds results of other settings ({settings_file}: {before}); "
                              f"use another --out for {recorded}")

@@ -113,6 +113,7 @@ def build_training_data(config: ViewNetiConfig) -> TrainingData:
             root, scans, views=dtu.subset_views(data.dtu_subset), light=data.dtu_lighting, size=size,
             augmentation=data.augmentation, view_token=data.placeholder_view_token,
             token_pattern=data.scan_token_pattern, repeats=data.repeats, camera_representation=representation,
+            caption=data.view_caption,
         )
 
         def scene_batches(epoch: int) -> list[list[int]]:
@@ -125,6 +126,7 @@ def build_training_data(config: ViewNetiConfig) -> TrainingData:
         root, data.dtu_scan, views=dtu.subset_views(data.dtu_subset), light=data.dtu_lighting, size=size,
         augmentation=data.augmentation, view_token=data.placeholder_view_token,
         object_token=data.placeholder_object_token, repeats=data.repeats, camera_representation=representation,
+        caption=data.view_caption,
     )
     return TrainingData(
         dataset, [data.placeholder_object_token], normalization,
@@ -151,7 +153,7 @@ def _camera_folder_data(config: ViewNetiConfig, root: Path, seed: int) -> Traini
     vectors = datasets.camera_vectors_of(folder.cameras, data.camera_representation)
     entries = [(path, vectors[i], data.placeholder_object_token) for i, path in enumerate(folder.image_paths)]
     dataset = datasets.ViewImagesDataset(entries, (data.width, data.height), data.placeholder_view_token,
-                                         data.augmentation, data.repeats)
+                                         data.augmentation, data.repeats, data.view_caption)
 
     def validation_views(views: list[int]) -> list[tuple[int, torch.Tensor, Image.Image]]:
         views = [v for v in views if v < len(folder.image_paths)] or [0]

@@ -310,6 +310,7 @@ def build_training_model(
             text_width=components.text_width,
             camera_representation=config.data.camera_representation,
             step=config.model.pretrained_view_mapper_step,
+            view_caption=config.data.view_caption,
         )
     elif mode in (2, 3):
         view_norm = data.camera_normalization

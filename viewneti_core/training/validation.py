@@ -11,6 +11,7 @@ from PIL import Image
 
 from viewneti_core.base_model.sd_models import weights_note
 from viewneti_core.config import ViewNetiConfig
+from viewneti_core.data.captions import view_caption
 from viewneti_core.images import labelled_grid, save_image_atomic, to_pil
 from viewneti_core.method.model import ViewNetiModel
 from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
@@ -34,7 +35,7 @@ def render_validation(config: ViewNetiConfig, model: ViewNetiModel, data, run_di
         requests = [SampleRequest(p, seed) for p in prompts]
     else:
         token = data.object_tokens[0]
-        prompt = f"{config.data.placeholder_view_token}. A photo of a {token}"
+        prompt = view_caption(config.data.placeholder_view_token, token, config.data.view_caption)
         views = data.validation_views(config.eval.validation_views)
         requests = [SampleRequest.with_camera(prompt, seed, camera) for _, camera, _ in views]
         rows.append([gt for _, _, gt in views])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+from viewneti_core.data.captions import VIEW_CAPTION
 from viewneti_core.method.conditioning import VIEW_MAPPER_KEY
 from viewneti_core.method.mappers import NeTIMapper, load_mapper
 from viewneti_core.safe_io import read_yaml_file
@@ -12,6 +14,8 @@ from viewneti_core.training.checkpoints import list_checkpoints, read_checkpoint
 
 REGISTRY_ENV = "VIEWNETI_VIEW_MAPPER_REGISTRY"
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "configs" / "view_mappers.yaml"
+
+logger = logging.getLogger(__name__)
 
 
 def registry_path() -> Path:
@@ -58,9 +62,11 @@ def resolve_view_mapper_path(spec: str, step: int | None = None) -> Path:
 
 
 def load_pretrained_view_mapper(
-    spec: str, *, text_width: int, camera_representation: str, step: int | None = None
+    spec: str, *, text_width: int, camera_representation: str, step: int | None = None,
+    view_caption: str | None = None,
 ) -> NeTIMapper:
-    """Load and check compatibility with the base model and the data's camera representation."""
+    """Load and check compatibility with the base model and the data's camera representation; warn when
+    `view_caption` (the fit's `data.view_caption`) is not the caption the mapper was pretrained with."""
     stem = resolve_view_mapper_path(spec, step)
     try:
         mapper = load_mapper(stem)
@@ -79,4 +85,19 @@ def load_pretrained_view_mapper(
             f"pretrained view mapper {stem} takes {representation} cameras, but data.camera_representation is "
             f"{camera_representation}"
         )
+    pretrained_with = pretraining_caption(stem)
+    if view_caption is not None and view_caption != pretrained_with:
+        logger.warning("pretrained view mapper %s was trained with the caption %r, this run uses %r "
+                       "(data.view_caption): its camera code may not carry over to the new caption",
+                       stem, pretrained_with, view_caption)
     return mapper
+
+
+def pretraining_caption(mapper_stem: Path) -> str:
+    """The caption (`data.view_caption`) a view mapper was pretrained with, from the checkpoint.json beside
+    its mappers/ folder; mappers without one (imported, or older than the setting) used the original's."""
+    info_file = Path(mapper_stem).parent.parent / "checkpoint.json"
+    if not info_file.is_file():
+        return VIEW_CAPTION
+    saved = read_checkpoint_info(info_file.parent).get("config") or {}
+    return (saved.get("data") or {}).get("view_caption", VIEW_CAPTION)
