@@ -85,8 +85,7 @@ def load_pretrained_view_mapper(
             f"pretrained view mapper {stem} takes {representation} cameras, but data.camera_representation is "
             f"{camera_representation}"
         )
-    pretrained_with = pretraining_caption(stem)
-    if view_caption is not None and view_caption != pretrained_with:
+    if view_caption is not None and view_caption != (pretrained_with := pretraining_caption(stem)):
         logger.warning("pretrained view mapper %s was trained with the caption %r, this run uses %r "
                        "(data.view_caption): its camera code may not carry over to the new caption",
                        stem, pretrained_with, view_caption)
