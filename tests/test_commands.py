@@ -58,12 +58,19 @@ def test_sd21_random_has_the_sd21_architecture_on_the_meta_device():
     assert text.shape == (2, 77, 1024) and noise.shape == latents.shape and image.shape == (2, 3, 576, 768)
 
 
+def test_build_mini_world_refuses_a_learning_rate_that_is_not_positive(tmp_path):
+    done = _run([str(CONSOLE_SCRIPT), "models", "build-mini-world", "--out", str(tmp_path / "w"), "--unet-lr", "0"],
+                cwd=tmp_path)
+    assert done.returncode == 2 and "--unet-lr: must be positive, got 0" in done.stderr, done.stderr
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.slow  # a trial build: every phase of the real one, a few steps each (~1 min on 2 cores)
 def test_build_mini_world_trial_through_the_cli(tmp_path):
     out = tmp_path / "world"
     done = _run([str(CONSOLE_SCRIPT), "models", "build-mini-world", "--out", str(out), "--scenes-per-seed", "1",
-                 "--vae-steps", "2", "--unet-steps", "2", "--view-mapper-steps", "2", "--checkpoint-every", "2"],
-                cwd=tmp_path)
+                 "--vae-steps", "2", "--unet-steps", "2", "--view-mapper-steps", "2", "--checkpoint-every", "2",
+                 "--unet-lr", "5e-4"], cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"to {out}" in done.stdout
     components = load_components(out / "model")
@@ -74,6 +81,7 @@ def test_build_mini_world_trial_through_the_cli(tmp_path):
     assert info["base_model"] == str((out / "model").absolute()) and info["step"] == 2
     record = json.loads((out / "build.json").read_text())
     assert record["options"]["scenes_per_seed"] == 1 and record["options"]["unet_steps"] == 2, record
+    assert record["options"]["unet_lr"] == 5e-4, record
     again = _run([str(CONSOLE_SCRIPT), "models", "build-mini-world", "--out", str(out)], cwd=tmp_path)
     assert again.returncode == 2 and "--overwrite" in again.stdout  # one clear error, nothing replaced
 

@@ -375,7 +375,7 @@ def rebase_view_mapper(checkpoint: Path, base_model: str) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    options = BuildOptions(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+    options = BuildOptions(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps, unet_lr=args.unet_lr,
                            view_mapper_steps=args.view_mapper_steps, checkpoint_every=args.checkpoint_every,
                            scenes_per_seed=args.scenes_per_seed)
     try:
