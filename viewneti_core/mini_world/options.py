@@ -52,6 +52,6 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=_positive(int), default=getattr(defaults, name))
     parser.add_argument("--unet-lr", type=_positive(float), default=defaults.unet_lr,
                         help="peak learning rate of the UNet and text encoder (warm-up, then cosine to 10%%); "
-                             "1e-3 drew better samples at reduced scale (docs/mini_world.md)")
+                             "1e-3 drew better samples at reduced scale, not in the full build (docs/mini_world.md)")
     parser.add_argument("--scenes-per-seed", type=int, default=None,
                         help="train the base model on fewer scenes (quick trial builds)")
