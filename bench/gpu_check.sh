@@ -32,7 +32,7 @@ fits() {  # fits SECONDS: whether a step with that timeout still ends inside BUD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
 step "0/3 GPU tests: VIEWNETI_TEST_GPU=1 pytest -m gpu (tests/test_gpu.py)"
-VIEWNETI_TEST_GPU=1 VIEWNETI_TEST_GPU_OUT="$OUT" timeout 200 "$PY" -m pytest tests/test_gpu.py -m gpu -q -rs \
+VIEWNETI_TEST_GPU=1 VIEWNETI_TEST_GPU_OUT="$OUT" timeout 260 "$PY" -m pytest tests/test_gpu.py -m gpu -q -rs \
   -p no:cacheprovider --durations=10 --junitxml="$OUT/gpu-tests.xml"
 tests_rc=$?
 echo "exit $tests_rc (tests)"

@@ -65,12 +65,24 @@ def test_build_mini_world_refuses_a_learning_rate_that_is_not_positive(tmp_path)
     assert not (tmp_path / "w").exists()
 
 
+def test_build_mini_world_refuses_a_device_it_cannot_use(tmp_path):
+    """The suite hides CUDA, so `--device cuda` must be refused at once, naming the option and the way out."""
+    done = _run([str(CONSOLE_SCRIPT), "models", "build-mini-world", "--out", str(tmp_path / "w"), "--device", "cuda"],
+                cwd=tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "--device cuda: PyTorch sees no CUDA device here" in done.stdout and "--device cpu" in done.stdout
+    assert not (tmp_path / "w").exists() and not (tmp_path / ".w.build").exists()  # nothing started
+    done = _run([str(CONSOLE_SCRIPT), "models", "build-mini-world", "--out", str(tmp_path / "w"), "--device", "gpu0"],
+                cwd=tmp_path)
+    assert done.returncode == 2 and "--device gpu0:" in done.stdout and "cuda:N" in done.stdout, done.stdout[-2000:]
+
+
 @pytest.mark.slow  # a trial build: every phase of the real one, a few steps each (~1 min on 2 cores)
 def test_build_mini_world_trial_through_the_cli(tmp_path):
     out = tmp_path / "world"
     done = _run([str(CONSOLE_SCRIPT), "models", "build-mini-world", "--out", str(out), "--scenes-per-seed", "1",
                  "--vae-steps", "2", "--unet-steps", "2", "--view-mapper-steps", "2", "--checkpoint-every", "2",
-                 "--unet-lr", "5e-4"], cwd=tmp_path)
+                 "--unet-lr", "5e-4", "--unet-batch", "4", "--device", "cpu"], cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"to {out}" in done.stdout
     components = load_components(out / "model")
@@ -81,7 +93,8 @@ def test_build_mini_world_trial_through_the_cli(tmp_path):
     assert info["base_model"] == str((out / "model").absolute()) and info["step"] == 2
     record = json.loads((out / "build.json").read_text())
     assert record["options"]["scenes_per_seed"] == 1 and record["options"]["unet_steps"] == 2, record
-    assert record["options"]["unet_lr"] == 5e-4, record
+    assert record["options"]["unet_lr"] == 5e-4 and record["options"]["unet_batch"] == 4, record
+    assert record["devices"] == ["cpu"], record
     again = _run([str(CONSOLE_SCRIPT), "models", "build-mini-world", "--out", str(out)], cwd=tmp_path)
     assert again.returncode == 2 and "--overwrite" in again.stdout  # one clear error, nothing replaced
 

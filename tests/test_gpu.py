@@ -2,8 +2,9 @@
 
 Opt-in (marker `gpu`): they run under `VIEWNETI_TEST_GPU=1 pytest -m gpu` on a machine with CUDA, which
 bench/gpu_check.sh does first; everywhere else conftest.py skips them with that reason (the rest of the
-suite hides CUDA). Together they are sized for about 2.5 minutes on one H200: the full SD 2.1
-architecture (random weights, built once) only where size matters, the tiny model for the rest.
+suite hides CUDA). Together they are sized for about 3 minutes on one H200 (the mini-world build test is
+not yet timed there): the full SD 2.1 architecture (random weights, built once) only where size matters,
+the tiny model for the rest.
 
 Every check compares two computations that must agree, so each fails on a regression: images against
 the plain fp32 path, losses against the in-process loader, DDP replicas against each other and the
@@ -170,6 +171,23 @@ def test_compiled_unet_renders_what_the_plain_path_renders(tiny_model_dir, dtu_l
     record("compiled-vs-plain", {"max_abs": float((got - reference).abs().max())})
     assert (got - reference).abs().max() < 1e-4  # the CPU test's bound (tests/test_fast_path.py)
     assert (reference[0] - reference[1]).abs().mean() > 1e-3
+
+
+def test_mini_world_build_on_cuda_takes_the_cpu_builds_draws(tmp_path):
+    """`build-mini-world --device cuda` draws its batches, noise and timesteps on the CPU, so with TF32 off
+    its VAE and UNet losses are the CPU build's to float rounding; a draw made on the device would differ."""
+    from viewneti_core.mini_world import build
+
+    options = build.BuildOptions(vae_steps=6, unet_steps=6, view_mapper_steps=2, checkpoint_every=3,
+                                 scenes_per_seed=1, pretrain_scans=(3,))
+    built = {device: json.loads((build.build_mini_world(tmp_path / device, options, progress=False, device=device)
+                                 / "build.json").read_text()) for device in ("cpu", "cuda")}
+    losses = {device: info["final_losses"] for device, info in built.items()}
+    record("mini-world-build-cuda-vs-cpu", losses)
+    assert built["cuda"]["devices"] == ["cuda"] and built["cpu"]["devices"] == ["cpu"]
+    for phase in ("vae", "unet"):
+        assert losses["cuda"][phase] == pytest.approx(losses["cpu"][phase], rel=1e-3), phase
+    assert math.isfinite(losses["cuda"]["view_mapper"])  # the trainer draws its noise on the device
 
 
 def test_auto_batch_plan_renders_a_full_size_scene(sd21_cpu, cameras):

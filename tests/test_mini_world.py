@@ -102,6 +102,17 @@ def test_build_is_deterministic_resumable_and_publishes_only_when_done(tmp_path,
         build.build_mini_world(tmp_path / "b", build.BuildOptions(**SMALL | {"unet_steps": 5}), resume=True,
                                progress=False)
     monkeypatch.setattr(build, "_encode_all", real_encode)
+    real_dtu = build.make_synthetic_dtu
+    def killed_at_the_view_mapper(*args, **kwargs):
+        raise _Killed("killed at the start of the view-mapper phase")
+    monkeypatch.setattr(build, "make_synthetic_dtu", killed_at_the_view_mapper)
+    with pytest.raises(_Killed):
+        build.build_mini_world(tmp_path / "b", options, resume=True, progress=False)
+    # once the model is saved a resume reads none of the base model's phase files (bench/gpu_mini_world.sh
+    # brings a GPU-trained work folder back without them)
+    for name in ("scenes.safetensors", "captions.json", "vae.safetensors", "unet.safetensors"):
+        (tmp_path / ".b.build" / name).unlink()
+    monkeypatch.setattr(build, "make_synthetic_dtu", real_dtu)
     resumed = build.build_mini_world(tmp_path / "b", options, resume=True, progress=False)
     assert not (tmp_path / ".b.build").exists()
 

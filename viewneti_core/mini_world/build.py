@@ -1,5 +1,7 @@
 """`viewneti models build-mini-world`: train the mini world's base model from scratch, then pretrain
-its view mapper (mode 3), all on a CPU, deterministically from one seed and resumable at any point.
+its view mapper (mode 3), deterministically from one seed and resumable at any point. It runs on the CPU
+(the shipped weights' build, about 90 minutes on 2 cores) or on a CUDA device (`--device cuda`): every
+step's draws are made on the CPU, so both take the same batches, noise and timesteps.
 
 Phases, each checkpointed into a work directory beside the output (`.NAME.build/`):
 1. scenes: render the base model's training views (every base scene, all 49 DTU views, light 3)
@@ -32,7 +34,12 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from viewneti_core.atomic_files import save_safetensors, temp_dir_beside, temp_file_beside
-from viewneti_core.base_model.sd_models import SDComponents, _build_from_configs, save_components
+from viewneti_core.base_model.sd_models import (
+    SDComponents,
+    _build_from_configs,
+    resolve_device,
+    save_components,
+)
 from viewneti_core.data import dtu
 from viewneti_core.data.synthetic import make_synthetic_dtu, render_view, synthetic_cameras
 from viewneti_core.mini_world import world as mini_world
@@ -52,6 +59,22 @@ class BuildError(RuntimeError):
 
 def work_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.build"
+
+
+def build_device(name: str) -> torch.device:
+    """The device `--device NAME` trains on, refused before anything is written if it cannot be used here."""
+    try:
+        device = resolve_device(name)
+    except RuntimeError as exc:
+        raise BuildError(f"--device {name}: {exc}; use cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise BuildError(f"--device {name}: the build runs on cpu or cuda only")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BuildError(f"--device {name}: PyTorch sees no CUDA device here; build on the CPU with --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BuildError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
 
 
 # ---- state ---------------------------------------------------------------------------------------
@@ -151,6 +174,7 @@ def _tokenize(components: SDComponents, captions: list[str]) -> torch.Tensor:
 def _train_vae(work: Path, components: SDComponents, images: torch.Tensor, options: BuildOptions,
                start: int, progress: bool) -> list[float]:
     vae = components.vae.train().requires_grad_(True)
+    device = vae.device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=options.vae_lr, weight_decay=0.0)
     if start:
         _load_phase(work, "vae", {"vae": vae}, optimizer)
@@ -158,9 +182,9 @@ def _train_vae(work: Path, components: SDComponents, images: torch.Tensor, optio
     bar = tqdm(total=options.vae_steps, initial=start, desc="mini world: VAE", disable=not progress)
     for step in range(start, options.vae_steps):
         g = _step_generator(options.seed, "vae", step)
-        batch = _pixels(images[torch.randint(len(images), (options.vae_batch,), generator=g)])
+        batch = _pixels(images[torch.randint(len(images), (options.vae_batch,), generator=g)]).to(device)
         posterior = vae.encode(batch).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(device)
         loss = F.mse_loss(vae.decode(z).sample, batch) + 1e-6 * posterior.kl().mean()
         loss.backward()
         optimizer.step()
@@ -179,7 +203,7 @@ def _train_vae(work: Path, components: SDComponents, images: torch.Tensor, optio
 def _encode_all(vae: AutoencoderKL, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     means, stds = [], []
     for chunk in images.split(256):
-        posterior = vae.encode(_pixels(chunk)).latent_dist
+        posterior = vae.encode(_pixels(chunk).to(vae.device)).latent_dist
         means.append(posterior.mean)
         stds.append(posterior.std)
     return torch.cat(means), torch.cat(stds)
@@ -189,6 +213,7 @@ def _train_unet(work: Path, components: SDComponents, posteriors: tuple[torch.Te
                 ids: torch.Tensor, empty_ids: torch.Tensor, options: BuildOptions, start: int,
                 progress: bool) -> list[float]:
     unet, text = components.unet.train().requires_grad_(True), components.text_encoder.train().requires_grad_(True)
+    device = unet.device
     modules = {"unet": unet, "text_encoder": text}
     params = [*unet.parameters(), *text.parameters()]
     optimizer = torch.optim.AdamW(params, lr=options.unet_lr, weight_decay=1e-2)
@@ -205,12 +230,12 @@ def _train_unet(work: Path, components: SDComponents, posteriors: tuple[torch.Te
             group["lr"] = options.unet_lr * factor
         g = _step_generator(options.seed, "unet", step)
         index = torch.randint(len(ids), (options.unet_batch,), generator=g)
-        mean, std = posteriors[0][index], posteriors[1][index]
-        latents = (mean + std * torch.randn(mean.shape, generator=g)) * scale
-        noise = torch.randn(latents.shape, generator=g)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(index),), generator=g)
+        mean, std = posteriors[0][index.to(device)], posteriors[1][index.to(device)]
+        latents = (mean + std * torch.randn(mean.shape, generator=g).to(device)) * scale
+        noise = torch.randn(latents.shape, generator=g).to(device)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(index),), generator=g).to(device)
         drop = torch.rand(len(index), generator=g) < options.caption_dropout
-        tokens = torch.where(drop[:, None], empty_ids, ids[index])
+        tokens = torch.where(drop[:, None], empty_ids, ids[index]).to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         target = scheduler.get_velocity(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, text(tokens)[0]).sample
@@ -231,13 +256,13 @@ def _train_unet(work: Path, components: SDComponents, posteriors: tuple[torch.Te
 # ---- phase 4: the view mapper --------------------------------------------------------------------
 
 
-def view_mapper_config(model_dir: Path, dtu_root: Path, runs: Path, options: BuildOptions):
+def view_mapper_config(model_dir: Path, dtu_root: Path, runs: Path, options: BuildOptions, device: str = "cpu"):
     from viewneti_core.config import ViewNetiConfig
 
     width, height = mini_world.SIZE
     return ViewNetiConfig.model_validate({
         "learnable_mode": 3,
-        "run": {"device": "cpu", "dtype": "float32"},
+        "run": {"device": device, "dtype": "float32"},
         "log": {"exp_dir": str(runs), "exp_name": "view-mapper", "report_to": "none",
                 "save_steps": options.checkpoint_every, "checkpoints_total_limit": 2},
         "data": {"train_data_dir": str(dtu_root), "width": width, "height": height, "resolution": width,
@@ -274,20 +299,8 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> Path:
     return work
 
 
-def build_mini_world(out: Path | str, options: BuildOptions | None = None, resume: bool = False,
-                     overwrite: bool = False, progress: bool = True) -> Path:
-    from viewneti_core.training.trainer import train
-
-    out, options = Path(out), options or BuildOptions()
-    work = check_output(out, resume, overwrite)
-    state = _read_state(work)
-    if state.get("options", options.to_dict()) != options.to_dict():
-        raise BuildError(f"{work} was started with other options ({state['options']}); resume with the same "
-                         "options or pass --overwrite")
-    _write_json(work / "state.json", state | {"options": options.to_dict()})
-    started = time.time()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-
+def _train_base_model(work: Path, options: BuildOptions, where: torch.device, progress: bool) -> None:
+    """Phases 1-3 (scenes, VAE, UNet + text encoder), each from where the state says, then the model's save."""
     if not (work / "scenes.safetensors").is_file():
         images, captions = render_base_set(options, progress)
         (work / "captions.json").write_text(json.dumps(captions) + "\n")
@@ -295,7 +308,7 @@ def build_mini_world(out: Path | str, options: BuildOptions | None = None, resum
     images = load_file(str(work / "scenes.safetensors"))["images"]
     captions = json.loads((work / "captions.json").read_text())
 
-    components = build_modules(options.seed)
+    components = build_modules(options.seed).to(device=where)
     state = _read_state(work)
     phase = state["phase"]
     history = state.get("losses", {})
@@ -315,21 +328,42 @@ def build_mini_world(out: Path | str, options: BuildOptions | None = None, resum
         history["unet"] = _train_unet(work, components, posteriors, ids, empty, options, start, progress)
         state = _read_state(work) | {"losses": history, "scaling_factor": components.vae.config.scaling_factor}
         _write_json(work / "state.json", state | {"phase": "view-mapper", "step": 0})
-        phase = "view-mapper"
     else:
         _load_phase(work, "unet", {"unet": components.unet, "text_encoder": components.text_encoder}, None)
         components.vae.register_to_config(scaling_factor=state["scaling_factor"])
+    model_dir = work / MODEL_DIR
+    shutil.rmtree(model_dir, ignore_errors=True)
+    save_components(components.to(device="cpu").freeze(), model_dir, builder=mini_world.WEIGHTS_LABEL)
+
+
+def build_mini_world(out: Path | str, options: BuildOptions | None = None, resume: bool = False,
+                     overwrite: bool = False, progress: bool = True, device: str = "cpu") -> Path:
+    """`device` says where, not what: it is not one of the options a resume must repeat, and build.json
+    lists every device that trained a part of the build."""
+    from viewneti_core.training.trainer import train
+
+    out, options = Path(out), options or BuildOptions()
+    where = build_device(device)
+    work = check_output(out, resume, overwrite)
+    state = _read_state(work)
+    if state.get("options", options.to_dict()) != options.to_dict():
+        raise BuildError(f"{work} was started with other options ({state['options']}); resume with the same "
+                         "options or pass --overwrite")
+    devices = sorted({*state.get("devices", []), str(where)})
+    _write_json(work / "state.json", state | {"options": options.to_dict(), "devices": devices})
+    started = time.time()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     model_dir = work / MODEL_DIR
-    if not (model_dir / "model_index.json").is_file():
-        shutil.rmtree(model_dir, ignore_errors=True)
-        save_components(components.freeze(), model_dir, builder=mini_world.WEIGHTS_LABEL)
+    if not (model_dir / "model_index.json").is_file():  # once the model is saved, its phases' files are not read
+        _train_base_model(work, options, where, progress)
+    history = _read_state(work).get("losses", {})
     dtu_root = work / "dtu"
     if not (dtu_root / "Cameras").is_dir():
         make_synthetic_dtu(dtu_root, options.pretrain_scans, size=mini_world.SIZE, seed=mini_world.WORLD_SEED,
                            lights=[dtu.DEFAULT_LIGHT], progress=progress, overwrite=True, scene_of=mini_world.scene)
     runs = work / "runs"
-    config = view_mapper_config(model_dir, dtu_root, runs, options)
+    config = view_mapper_config(model_dir, dtu_root, runs, options, str(where))
     checkpoints = list_checkpoints(runs / "view-mapper") if (runs / "view-mapper").is_dir() else []
     if (runs / "view-mapper").exists() and not checkpoints:  # killed before its first checkpoint
         shutil.rmtree(runs / "view-mapper")
@@ -349,6 +383,7 @@ def _publish(out: Path, work: Path, checkpoint: Path, options: BuildOptions, his
         info = {
             "what": mini_world.NOTE,
             "options": options.to_dict(),
+            "devices": _read_state(work).get("devices", ["cpu"]),
             "final_losses": {k: float(np.mean(v[-50:])) for k, v in history.items() if v},
             "build_seconds_this_session": round(seconds, 1),
             "command": "viewneti models build-mini-world --out DIR",
@@ -375,11 +410,11 @@ def rebase_view_mapper(checkpoint: Path, base_model: str) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    options = BuildOptions(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps, unet_lr=args.unet_lr,
-                           view_mapper_steps=args.view_mapper_steps, checkpoint_every=args.checkpoint_every,
-                           scenes_per_seed=args.scenes_per_seed)
+    options = BuildOptions(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                           unet_batch=args.unet_batch, unet_lr=args.unet_lr, view_mapper_steps=args.view_mapper_steps,
+                           checkpoint_every=args.checkpoint_every, scenes_per_seed=args.scenes_per_seed)
     try:
-        out = build_mini_world(args.out, options, resume=args.resume, overwrite=args.overwrite)
+        out = build_mini_world(args.out, options, resume=args.resume, overwrite=args.overwrite, device=args.device)
     except BuildError as exc:
         print(f"error: {exc}")
         return 2

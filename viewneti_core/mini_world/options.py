@@ -48,7 +48,11 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted build of --out")
     parser.add_argument("--overwrite", action="store_true", help="replace --out and any unfinished build of it")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    for name in ("vae_steps", "unet_steps", "view_mapper_steps", "checkpoint_every"):
+    parser.add_argument("--device", default="cpu",
+                        help="where to train: cpu (the default, bit-for-bit deterministic), cuda[:N], or auto "
+                             "(cuda when visible). The draws are the same on every device; CUDA's kernels are "
+                             "not bit-deterministic, so a CUDA build is repeatable to float rounding only")
+    for name in ("vae_steps", "unet_steps", "unet_batch", "view_mapper_steps", "checkpoint_every"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=_positive(int), default=getattr(defaults, name))
     parser.add_argument("--unet-lr", type=_positive(float), default=defaults.unet_lr,
                         help="peak learning rate of the UNet and text encoder (warm-up, then cosine to 10%%); "
