@@ -19,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-outputs/bench/gpu-check}"
 mkdir -p "$OUT"
-PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
+source bench/device_python.sh  # PY, and diffusers/pydantic from the carried .whl where missing
 CACHE="$OUT/compile-cache"
 COMMON=(--model sd21-random --device cuda --dtype bf16 --out "$OUT")
 BUDGET_S=480

@@ -13,12 +13,7 @@
 #
 # Usage:   bash bench/gpu_mini_world.sh OUT_DIR [more build options]
 #          DEVICE=cpu LIMIT_S=120 bash bench/gpu_mini_world.sh OUT_DIR --scenes-per-seed 1 ...  (a trial here)
-# On the lent machine, which has PyTorch but neither diffusers nor pydantic: first, here,
-#   echo /.whl/ >> .git/info/exclude
-#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata pydantic==2.14.4 \
-#     pydantic_core==2.50.5 annotated_types typing_inspection
-# then carry `.whl` in the call: this script installs them with pip --target when diffusers is missing.
+# The lent machine lacks diffusers and pydantic: carry `.whl` (bench/device_python.sh says how).
 # Back here: OUT_DIR/resume.txt holds the commands that unpack the parts beside a new --out and finish the
 # build on the CPU (the options must repeat the GPU run's: a resume refuses others).
 set -euo pipefail
@@ -27,17 +22,8 @@ OUT="${1:?usage: bash bench/gpu_mini_world.sh OUT_DIR [more build options]}"
 shift
 DEVICE="${DEVICE:-cuda}"
 LIMIT_S="${LIMIT_S:-480}"
-PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 mkdir -p "$OUT"
-if ! "$PY" -c "import diffusers, pydantic" 2>/dev/null; then
-  if ! compgen -G ".whl/*.whl" >/dev/null; then
-    echo "error: $PY lacks diffusers or pydantic and there is no .whl folder to install them from (see the header)"
-    exit 2
-  fi
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
-fi
-export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+source bench/device_python.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 
 WORK="$(mktemp -d)"
