@@ -58,7 +58,7 @@ cp "$state" "$OUT/state.json"
   > "$OUT/build-tail.log" || true
 rm -f "$OUT/build.log"  # tqdm's redraws: megabytes, and the tail above holds what matters
 {
-  echo "# the GPU run: $DEVICE, ${seconds} s, exit $rc (killed on purpose once its UNet phase was done)"
+  echo "# the GPU run: $DEVICE, ${seconds} s, exit $rc; stopped at $("$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); print('phase', s['phase'], 'step', s['step'])" "$state")"
   echo "# unpack beside the new --out (here DIR), then resume on the CPU with the GPU run's options:"
   echo "cat $OUT/world-build.tgz.part-* | tar xz -C DIR_PARENT && mv DIR_PARENT/.world.build DIR_PARENT/.DIR_NAME.build"
   echo "viewneti models build-mini-world --out DIR --resume --device cpu --unet-batch 256 $*"

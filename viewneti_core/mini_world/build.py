@@ -230,7 +230,8 @@ def _train_unet(work: Path, components: SDComponents, posteriors: tuple[torch.Te
             group["lr"] = options.unet_lr * factor
         g = _step_generator(options.seed, "unet", step)
         index = torch.randint(len(ids), (options.unet_batch,), generator=g)
-        mean, std = posteriors[0][index.to(device)], posteriors[1][index.to(device)]
+        on_device = index.to(device)
+        mean, std = posteriors[0][on_device], posteriors[1][on_device]
         latents = (mean + std * torch.randn(mean.shape, generator=g).to(device)) * scale
         noise = torch.randn(latents.shape, generator=g).to(device)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(index),), generator=g).to(device)
