@@ -42,7 +42,7 @@ from viewneti_core.method.conditioning import TextConditioner
 from viewneti_core.method.sampler import SampleRequest, SamplerSettings, ViewNetiSampler
 from viewneti_core.mini_world import build
 from viewneti_core.mini_world import world as mini_world
-from viewneti_core.mini_world.options import BuildOptions
+from viewneti_core.mini_world.options import NOISE_SCHEDULES, BuildOptions
 from viewneti_core.mini_world.scenes import two_tone_scene
 
 EVAL_VIEWS = (9, 17, 19, 27, 29, 37, 38, 48)  # near the ends of their camera rows: far from their mirror
@@ -111,12 +111,13 @@ def run(args: argparse.Namespace) -> dict:
         posteriors = build._encode_all(components.vae, images)
         vae_losses = unet_losses = None  # not trained here
     else:
-        configs = mini_world.mini_world_configs()
+        configs = mini_world.mini_world_configs() | {"scheduler": mini_world.noise_schedule_config(args.noise_schedule)}
         configs["unet"] |= {"block_out_channels": args.widths,
                             "attention_head_dim": [max(1, w // 16) for w in args.widths]}
         components = _build_from_configs(configs, "mini-world levers", args.seed)
         options = BuildOptions(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                               unet_lr=args.unet_lr, checkpoint_every=10**9)
+                               unet_lr=args.unet_lr, noise_schedule=args.noise_schedule,
+                               checkpoint_every=10**9)
         with tempfile.TemporaryDirectory() as work:
             t = time.perf_counter()
             vae_losses = build._train_vae(Path(work), components, images, options, 0, progress=True)
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "model": str(args.model) if args.model is not None else "trained here",
         "scenes": args.scenes, "n_scenes": len(scans), "widths": args.widths, "view_words_share": args.view_words_share,
-        "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "unet_lr": args.unet_lr, "seed": args.seed,
+        "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "unet_lr": args.unet_lr, "noise_schedule": args.noise_schedule, "seed": args.seed,
         "unet_parameters": sum(p.numel() for p in components.unet.parameters()),
         "vae_loss": float(np.mean(vae_losses[-50:])) if vae_losses else None,
         "unet_loss": float(np.mean(unet_losses[-50:])) if unet_losses else None,
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-steps", type=int, default=300)
     p.add_argument("--unet-steps", type=int, default=500)
     p.add_argument("--unet-lr", type=float, default=defaults.unet_lr)
+    p.add_argument("--noise-schedule", choices=NOISE_SCHEDULES, default=defaults.noise_schedule)
     p.add_argument("--eval-scenes", type=int, default=6)
     p.add_argument("--denoising-steps", type=int, default=20)
     p.add_argument("--guidance-scale", type=float, default=3.0)

@@ -82,11 +82,13 @@ def test_build_mini_world_trial_through_the_cli(tmp_path):
     out = tmp_path / "world"
     done = _run([str(CONSOLE_SCRIPT), "models", "build-mini-world", "--out", str(out), "--scenes-per-seed", "1",
                  "--vae-steps", "2", "--unet-steps", "2", "--view-mapper-steps", "2", "--checkpoint-every", "2",
-                 "--unet-lr", "5e-4", "--unet-batch", "4", "--device", "cpu"], cwd=tmp_path)
+                 "--unet-lr", "5e-4", "--unet-batch", "4", "--noise-schedule", "zero-snr", "--device", "cpu"],
+                cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"to {out}" in done.stdout
     components = load_components(out / "model")
     assert components.weights == "mini-world"
+    assert float(components.scheduler.alphas_cumprod[-1]) == 0.0  # the zero-SNR schedule travels with the model
     from viewneti_core.training.checkpoints import read_checkpoint_info
 
     info = read_checkpoint_info(out / "view-mapper")
@@ -94,6 +96,7 @@ def test_build_mini_world_trial_through_the_cli(tmp_path):
     record = json.loads((out / "build.json").read_text())
     assert record["options"]["scenes_per_seed"] == 1 and record["options"]["unet_steps"] == 2, record
     assert record["options"]["unet_lr"] == 5e-4 and record["options"]["unet_batch"] == 4, record
+    assert record["options"]["noise_schedule"] == "zero-snr", record
     assert record["devices"] == ["cpu"], record
     again = _run([str(CONSOLE_SCRIPT), "models", "build-mini-world", "--out", str(out)], cwd=tmp_path)
     assert again.returncode == 2 and "--overwrite" in again.stdout  # one clear error, nothing replaced

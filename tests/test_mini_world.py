@@ -77,6 +77,31 @@ def test_the_viewpoint_is_visible_on_the_objects():
     assert share_of_first(left) > 0.65 and share_of_first(right) < 0.35
 
 
+def test_the_zero_snr_schedule_ends_in_pure_noise_where_sampling_starts():
+    """`--noise-schedule zero-snr`: Lin et al. 2023 (Algorithm 1), stated here independently: SD 2.1's
+    sqrt(alpha_bar) shifted so that its last value is 0 and scaled so that its first is unchanged. The
+    DPM-Solver built from the model's config then starts at that last, noise-only timestep."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from viewneti_core.method.sampler import make_dpm_solver
+
+    sd = DDPMScheduler.from_config(mini_world.noise_schedule_config("sd21")).alphas_cumprod.double().sqrt()
+    scheduler = DDPMScheduler.from_config(mini_world.noise_schedule_config("zero-snr"))
+    expected = (sd - sd[-1]) * sd[0] / (sd[0] - sd[-1])
+    assert torch.allclose(scheduler.alphas_cumprod.double().sqrt(), expected, atol=1e-5)
+    assert float(scheduler.alphas_cumprod[-1]) == 0.0 and float(sd[-1] ** 2) > 4e-3  # SD 2.1's is not
+    x0, noise = torch.randn(2, 4, 12, 16), torch.randn(2, 4, 12, 16)
+    last = torch.tensor([999, 999])
+    assert torch.allclose(scheduler.add_noise(x0, noise, last), noise)  # no trace of the picture is left
+    assert torch.allclose(scheduler.get_velocity(x0, noise, last), -x0)  # v-prediction: the picture itself
+    solver = make_dpm_solver(SimpleNamespace(scheduler=scheduler, device="cpu"), 20)
+    assert int(solver.timesteps[0]) == 999 and int(solver.timesteps[-1]) < 60
+    with pytest.raises(ValueError, match="unknown noise schedule 'cosine'"):
+        mini_world.noise_schedule_config("cosine")
+
+
 # ---- the build command ------------------------------------------------------------------------
 
 

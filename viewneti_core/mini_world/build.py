@@ -155,9 +155,10 @@ def _pixels(images: torch.Tensor) -> torch.Tensor:
 # ---- model ---------------------------------------------------------------------------------------
 
 
-def build_modules(seed: int) -> SDComponents:
+def build_modules(seed: int, noise_schedule: str = "sd21") -> SDComponents:
     """The untrained mini-world model (seeded), labelled with the weights it will hold once trained."""
-    components = _build_from_configs(mini_world.mini_world_configs(), "mini-world build", seed)
+    configs = mini_world.mini_world_configs() | {"scheduler": mini_world.noise_schedule_config(noise_schedule)}
+    components = _build_from_configs(configs, "mini-world build", seed)
     components.weights = mini_world.WEIGHTS_LABEL
     return components
 
@@ -309,7 +310,7 @@ def _train_base_model(work: Path, options: BuildOptions, where: torch.device, pr
     images = load_file(str(work / "scenes.safetensors"))["images"]
     captions = json.loads((work / "captions.json").read_text())
 
-    components = build_modules(options.seed).to(device=where)
+    components = build_modules(options.seed, options.noise_schedule).to(device=where)
     state = _read_state(work)
     phase = state["phase"]
     history = state.get("losses", {})
@@ -412,8 +413,8 @@ def rebase_view_mapper(checkpoint: Path, base_model: str) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     options = BuildOptions(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                           unet_batch=args.unet_batch, unet_lr=args.unet_lr, view_mapper_steps=args.view_mapper_steps,
-                           checkpoint_every=args.checkpoint_every, scenes_per_seed=args.scenes_per_seed)
+                           unet_batch=args.unet_batch, unet_lr=args.unet_lr, noise_schedule=args.noise_schedule,
+                           view_mapper_steps=args.view_mapper_steps, checkpoint_every=args.checkpoint_every, scenes_per_seed=args.scenes_per_seed)
     try:
         out = build_mini_world(args.out, options, resume=args.resume, overwrite=args.overwrite, device=args.device)
     except BuildError as exc:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from viewneti_core.data import dtu
 
+NOISE_SCHEDULES = ("sd21", "zero-snr")
+
 
 @dataclass
 class BuildOptions:
@@ -20,6 +22,7 @@ class BuildOptions:
     unet_steps: int = 10000
     unet_batch: int = 32
     unet_lr: float = 4e-4
+    noise_schedule: str = "sd21"  # one of NOISE_SCHEDULES: world.noise_schedule_config
     caption_dropout: float = 0.1
     view_words_share: float = 0.8  # the share of captions that carry view words
     # from 3,000: held-out fits +0.4/+0.6 dB masked (1/3 views); 15,000 overfit (docs/mini_world.md)
@@ -57,5 +60,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unet-lr", type=_positive(float), default=defaults.unet_lr,
                         help="peak learning rate of the UNet and text encoder (warm-up, then cosine to 10%%); "
                              "1e-3 drew better samples at reduced scale, not in the full build (docs/mini_world.md)")
+    parser.add_argument("--noise-schedule", choices=NOISE_SCHEDULES, default=defaults.noise_schedule,
+                        help="the base model's noise schedule: SD 2.1's, or SD 2.1's rescaled to zero SNR at its "
+                             "last timestep (docs/mini_world.md)")
     parser.add_argument("--scenes-per-seed", type=int, default=None,
                         help="train the base model on fewer scenes (quick trial builds)")

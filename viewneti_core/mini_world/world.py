@@ -21,6 +21,7 @@ import numpy as np
 from viewneti_core.base_model.sd_models import MINI_WORLD_NOTE, MINI_WORLD_WEIGHTS, _sd21_config
 from viewneti_core.data import dtu
 from viewneti_core.data.synthetic import CAMERA_ROWS, Scene
+from viewneti_core.mini_world.options import NOISE_SCHEDULES
 from viewneti_core.mini_world.scenes import two_tone_scene
 
 SIZE = (64, 48)  # (width, height): latents 16x12 through the 4x VAE, 2x2 at the UNet's bottom
@@ -109,6 +110,24 @@ def mini_world_configs() -> dict[str, dict]:
         "pad_token_id": 0,
     }
     return {"unet": unet, "vae": vae, "text_encoder": text, "scheduler": _sd21_config("scheduler")}
+
+
+def noise_schedule_config(schedule: str) -> dict:
+    """The scheduler config of a noise schedule: SD 2.1's (`sd21`), or SD 2.1's rescaled to zero SNR at
+    its last timestep (`zero-snr`, Lin et al. 2023), sampled with "trailing" steps so the sampler starts
+    there.
+
+    Why: at SD's last timestep a 16x12 latent's per-channel mean still shows through the noise (SNR
+    about 0.9 over its 192 pixels), so a model trained on it reads the picture's colours from the noise,
+    while sampling starts from noise that holds none. diffusers does the rescale from these two keys;
+    the samplers and the fits read the config from the model folder.
+    """
+    if schedule not in NOISE_SCHEDULES:
+        raise ValueError(f"unknown noise schedule {schedule!r}: use one of {', '.join(NOISE_SCHEDULES)}")
+    config = _sd21_config("scheduler")
+    if schedule == "zero-snr":
+        config |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    return config
 
 
 def latent_size(size: tuple[int, int] = SIZE) -> tuple[int, int]:
