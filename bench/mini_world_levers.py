@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "model": str(args.model) if args.model is not None else "trained here",
         "scenes": args.scenes, "n_scenes": len(scans), "widths": args.widths, "view_words_share": args.view_words_share,
-        "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "unet_lr": args.unet_lr, "noise_schedule": args.noise_schedule, "seed": args.seed,
+        "vae_steps": args.vae_steps, "unet_steps": args.unet_steps, "unet_lr": args.unet_lr,
+        "noise_schedule": args.noise_schedule, "seed": args.seed,
         "unet_parameters": sum(p.numel() for p in components.unet.parameters()),
         "vae_loss": float(np.mean(vae_losses[-50:])) if vae_losses else None,
         "unet_loss": float(np.mean(unet_losses[-50:])) if unet_losses else None,

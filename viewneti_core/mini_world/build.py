@@ -414,7 +414,8 @@ def rebase_view_mapper(checkpoint: Path, base_model: str) -> None:
 def run_build(args: argparse.Namespace) -> int:
     options = BuildOptions(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                            unet_batch=args.unet_batch, unet_lr=args.unet_lr, noise_schedule=args.noise_schedule,
-                           view_mapper_steps=args.view_mapper_steps, checkpoint_every=args.checkpoint_every, scenes_per_seed=args.scenes_per_seed)
+                           view_mapper_steps=args.view_mapper_steps, checkpoint_every=args.checkpoint_every,
+                           scenes_per_seed=args.scenes_per_seed)
     try:
         out = build_mini_world(args.out, options, resume=args.resume, overwrite=args.overwrite, device=args.device)
     except BuildError as exc:
