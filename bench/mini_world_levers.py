@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
         posteriors = build._encode_all(components.vae, images)
         vae_losses = unet_losses = None  # not trained here
     else:
-        configs = mini_world.mini_world_configs() | {"scheduler": mini_world.noise_schedule_config(args.noise_schedule)}
+        configs = mini_world.mini_world_configs(args.noise_schedule)
         configs["unet"] |= {"block_out_channels": args.widths,
                             "attention_head_dim": [max(1, w // 16) for w in args.widths]}
         components = _build_from_configs(configs, "mini-world levers", args.seed)

@@ -155,10 +155,9 @@ def _pixels(images: torch.Tensor) -> torch.Tensor:
 # ---- model ---------------------------------------------------------------------------------------
 
 
-def build_modules(seed: int, noise_schedule: str = "sd21") -> SDComponents:
+def build_modules(seed: int, noise_schedule: str) -> SDComponents:
     """The untrained mini-world model (seeded), labelled with the weights it will hold once trained."""
-    configs = mini_world.mini_world_configs() | {"scheduler": mini_world.noise_schedule_config(noise_schedule)}
-    components = _build_from_configs(configs, "mini-world build", seed)
+    components = _build_from_configs(mini_world.mini_world_configs(noise_schedule), "mini-world build", seed)
     components.weights = mini_world.WEIGHTS_LABEL
     return components
 

@@ -79,10 +79,11 @@ def held_out_scene(scan: int) -> Scene:
     return scene(WORLD_SEED, scan)
 
 
-def mini_world_configs() -> dict[str, dict]:
+def mini_world_configs(noise_schedule: str = "sd21") -> dict[str, dict]:
     """The mini world's model: SD 2.1's UNet block layout (16 cross-attention layers in SD's order,
-    v-prediction, the same noise schedule), at a width that trains on two CPU cores, with a 4x VAE
-    (three encoder blocks) and a three-layer CLIP text encoder over the byte-level tokenizer."""
+    v-prediction, SD 2.1's noise schedule unless `noise_schedule` says otherwise), at a width that trains
+    on two CPU cores, with a 4x VAE (three encoder blocks) and a three-layer CLIP text encoder over the
+    byte-level tokenizer."""
     unet = _sd21_config("unet") | {
         "block_out_channels": [32, 32, 64, 64],
         "attention_head_dim": [2, 2, 4, 4],
@@ -109,7 +110,7 @@ def mini_world_configs() -> dict[str, dict]:
         "eos_token_id": 513,
         "pad_token_id": 0,
     }
-    return {"unet": unet, "vae": vae, "text_encoder": text, "scheduler": _sd21_config("scheduler")}
+    return {"unet": unet, "vae": vae, "text_encoder": text, "scheduler": noise_schedule_config(noise_schedule)}
 
 
 def noise_schedule_config(schedule: str) -> dict:
