@@ -403,12 +403,20 @@ def test_on_slurm_deployment_walkthrough_two_runs_share_the_gpu_limit(prefect_se
     slot, a process worker on the submitting host, and two benchmark files with the Slurm cluster config,
     each started with `prefect deployment run 'dtu-benchmark/full' --params "$(viewneti-pipeline config show
     --config FILE --params)"`. Both run at once on the same Slurm cluster (up to 2 jobs each), and their GPU
-    tasks together never exceed the one slot of the shared limit viewneti-gpu."""
+    tasks together never exceed the one slot of the shared limit viewneti-gpu.
+
+    The test holds that slot itself until a GPU task of each run is running on a Slurm worker and waiting for
+    it: the contention is then certain, not a matter of timing (CI once started one run's first GPU task
+    only after the other run's last one had ended, and nothing was left to test)."""
     import os
     import shlex
     import subprocess
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.concurrency.sync import concurrency
+
+    from tasks.runtime import GPU_LIMIT
 
     env = dict(os.environ) | prefect_server.client_env() | {
         "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}", "PREFECT_LOGGING_EXTRA_LOGGERS": "viewneti_core",
@@ -428,15 +436,31 @@ def test_on_slurm_deployment_walkthrough_two_runs_share_the_gpu_limit(prefect_se
         configs[name] = config
     assert "viewneti-gpu: 1 slot(s)" in shell(f"{shlex.quote(str(REPO / '.venv/bin/python'))} -m viewneti_cli.deploy "
                                               "--gpu-slots 1")
+
+    def running_gpu_tasks(client, run_ids: dict[str, str]) -> dict[str, str]:
+        """Each run's GPU task run (by name) that is running now: on its Slurm worker, waiting for the slot."""
+        runs_by_id = {run_id: name for name, run_id in run_ids.items()}
+        return {runs_by_id[str(t.flow_run_id)]: t.name for t in client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids.values()))))
+            if t.state is not None and t.state.is_running() and t.name.split("-")[0] in GPU_TASKS}
+
     worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "viewneti-process", "--limit", "2"], cwd=REPO,
                               env=env, stdout=worker_log, stderr=subprocess.STDOUT)
     try:
         run_ids = {}
-        for name in configs:
-            out = shell("prefect deployment run 'dtu-benchmark/full' --params "
-                        f"\"$(viewneti-pipeline config show --config {tmp_path / name}.yaml --params)\"", timeout=90)
-            run_ids[name] = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+        with get_client(sync_client=True) as client, concurrency(GPU_LIMIT, occupy=1):  # the one slot: ours
+            for name in configs:
+                out = shell("prefect deployment run 'dtu-benchmark/full' --params "
+                            f"\"$(viewneti-pipeline config show --config {tmp_path / name}.yaml --params)\"",
+                            timeout=90)
+                run_ids[name] = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+            deadline = time.monotonic() + 300
+            while len(waiting := running_gpu_tasks(client, run_ids)) < len(run_ids):
+                assert time.monotonic() < deadline, (f"not every run reached a GPU task: {waiting}\n"
+                                                     + (tmp_path / "worker.log").read_text()[-3000:])
+                time.sleep(1)
+        released = time.time()
         states = {}
         with get_client(sync_client=True) as client:
             deadline = time.monotonic() + 600
@@ -458,13 +482,12 @@ def test_on_slurm_deployment_walkthrough_two_runs_share_the_gpu_limit(prefect_se
     assert len(entries) == 2 * 3 and all(e["status"] == "completed" and e.get("slurm_job_id") for e in entries)
     # Prefect started each task on its worker (task run start) before it got the slot (ledger start, inside
     # the slot): tasks of both runs were on Slurm workers at the same time, but ran one at a time
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
     with get_client(sync_client=True) as client:
         started = {str(t.id): t.start_time.timestamp() for t in client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids.values()))))}
     in_flight = [{"start": started[e["task_run_id"]], "end": e["end"]} for e in entries]
     assert max_overlap(in_flight) >= 2, "no two GPU tasks were ever on workers at the same time"
     assert max_overlap(entries) == 1, sorted((e["start"], e["end"], e["item"], e["task"]) for e in entries)
+    assert min(e["start"] for e in entries) >= released, "a GPU task ran while the test held the only slot"
     jobs = {e["slurm_job_id"] for e in entries}
     assert len(jobs) >= 2, f"both runs' GPU tasks ran in one job? {jobs}"  # each run has its own SLURMCluster
