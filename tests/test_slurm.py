@@ -437,12 +437,14 @@ def test_on_slurm_deployment_walkthrough_two_runs_share_the_gpu_limit(prefect_se
     assert "viewneti-gpu: 1 slot(s)" in shell(f"{shlex.quote(str(REPO / '.venv/bin/python'))} -m viewneti_cli.deploy "
                                               "--gpu-slots 1")
 
+    def task_runs(client, run_ids: dict[str, str]) -> list:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids.values()))))
+
     def running_gpu_tasks(client, run_ids: dict[str, str]) -> dict[str, str]:
         """Each run's GPU task run (by name) that is running now: on its Slurm worker, waiting for the slot."""
         runs_by_id = {run_id: name for name, run_id in run_ids.items()}
-        return {runs_by_id[str(t.flow_run_id)]: t.name for t in client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids.values()))))
-            if t.state is not None and t.state.is_running() and t.name.split("-")[0] in GPU_TASKS}
+        return {runs_by_id[str(t.flow_run_id)]: t.name for t in task_runs(client, run_ids)
+                if t.state is not None and t.state.is_running() and t.name.split("-")[0] in GPU_TASKS}
 
     worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "viewneti-process", "--limit", "2"], cwd=REPO,
@@ -460,7 +462,7 @@ def test_on_slurm_deployment_walkthrough_two_runs_share_the_gpu_limit(prefect_se
                 assert time.monotonic() < deadline, (f"not every run reached a GPU task: {waiting}\n"
                                                      + (tmp_path / "worker.log").read_text()[-3000:])
                 time.sleep(1)
-        released = time.time()
+            released = time.time()  # before the slot goes back: no GPU task can have started before this
         states = {}
         with get_client(sync_client=True) as client:
             deadline = time.monotonic() + 600
@@ -483,8 +485,7 @@ def test_on_slurm_deployment_walkthrough_two_runs_share_the_gpu_limit(prefect_se
     # Prefect started each task on its worker (task run start) before it got the slot (ledger start, inside
     # the slot): tasks of both runs were on Slurm workers at the same time, but ran one at a time
     with get_client(sync_client=True) as client:
-        started = {str(t.id): t.start_time.timestamp() for t in client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids.values()))))}
+        started = {str(t.id): t.start_time.timestamp() for t in task_runs(client, run_ids)}
     in_flight = [{"start": started[e["task_run_id"]], "end": e["end"]} for e in entries]
     assert max_overlap(in_flight) >= 2, "no two GPU tasks were ever on workers at the same time"
     assert max_overlap(entries) == 1, sorted((e["start"], e["end"], e["item"], e["task"]) for e in entries)
