@@ -564,12 +564,16 @@ def test_deployments_on_one_process_worker(benchmark_run, deployed, tmp_path):
                     break
                 time.sleep(1)
             assert state is not None and state.is_running(), f"{state}\n" + log_tail()
-            # the automation reacts to a flow run whose heartbeats stop: wait until the server has its first one
+            # the automation reacts to a flow run whose heartbeats stop: wait until the server has its first one.
+            # Its own deadline: the wait for Running may have used most of the one above, and the run sends its
+            # first heartbeat on entering Running and then one a period (so a lost first one costs a period)
             heartbeat = EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
                                     resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]))
+            deadline = time.monotonic() + 2 * HEARTBEAT_S + 60
             while time.monotonic() < deadline and not client.read_events(filter=heartbeat, limit=1).events:
                 time.sleep(1)
-            assert client.read_events(filter=heartbeat, limit=1).events, "no heartbeat event from the flow run"
+            assert client.read_events(filter=heartbeat, limit=1).events, \
+                f"no heartbeat event from the flow run in {2 * HEARTBEAT_S + 60} s of it running\n" + log_tail()
             family = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
             for process in family:  # the worker first: it would otherwise report the crash itself
                 with contextlib.suppress(psutil.NoSuchProcess):
