@@ -5,7 +5,8 @@ an untrained view mapper; mode 2 without pretraining), renders every DTU test vi
 scores them with the DTU protocol next to two non-learned baselines (nearest input view, mean input
 image). Prints a Markdown table (mean ± std over scans x seeds): the DTU protocol's masked PSNR and
 SSIM, the whole-image PSNR, and the view gap (whole-image PSNR against the render's own camera minus
-against the mirrored test view's: ~0 when the camera does not decide what is drawn), then the issue's
+against the mirrored test view's: ~0 when the camera does not decide what is drawn), the masked PSNR
+over the object mask's one-pixel edge band and over its interior (silhouette or surfaces), then the issue's
 bars (`viewneti_core.mini_world.bars`: paired margins between variants and their spread over scans).
 Writes rows.parquet, results.csv, bars.csv and settings.json under --out, and each (views, scan,
 variant) as it finishes under --out/rows/: rerun the same command to go on after an interruption.
@@ -40,12 +41,15 @@ from viewneti_core.mini_world.evaluate import (
 
 
 def markdown(table) -> str:
-    lines = ["| views | variant | PSNR ↑ (DTU, masked) | SSIM ↑ | whole-image PSNR ↑ | view gap (dB) | image sets |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| views | variant | PSNR ↑ (DTU, masked) | SSIM ↑ | whole-image PSNR ↑ | view gap (dB) "
+             "| masked PSNR, edge band / interior | image sets |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
+        regions = (f"{row.edge_psnr_mean:.2f} / {row.interior_psnr_mean:.2f}"
+                   if hasattr(row, "edge_psnr_mean") else "-")  # a folder scored before the split
         lines.append(f"| {row.n_views} | {row.variant} | {row.psnr_mean:.2f} ± {row.psnr_std:.2f} "
                      f"| {row.ssim_mean:.3f} ± {row.ssim_std:.3f} | {row.image_psnr_mean:.2f} ± {row.image_psnr_std:.2f} "
-                     f"| {row.view_gap_mean:+.2f} ± {row.view_gap_std:.2f} | {row.sets} |")
+                     f"| {row.view_gap_mean:+.2f} ± {row.view_gap_std:.2f} | {regions} | {row.sets} |")
     return "\n".join(lines)
 
 

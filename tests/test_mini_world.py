@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -302,6 +303,54 @@ def test_results_resume_part_by_part_and_refuse_other_settings(tmp_path):
     (tmp_path / "settings.json").write_text(json.dumps({k: v for k, v in recorded.items()
                                                         if k not in ("mode2_steps", "view_caption")}))
     assert run_results(tmp_path, [21], [1], settings, variants, progress=False).equals(first)
+
+
+def test_mask_edge_and_interior_partition_the_mask():
+    """The edge band is every mask pixel with a non-mask pixel among its 8 neighbours (outside the image
+    does not count), the interior the rest; stated here pixel by pixel."""
+    from viewneti_core.mini_world.evaluate import mask_edge_and_interior
+
+    mask = torch.zeros(7, 9, dtype=torch.bool)
+    mask[1:6, 2:7] = True  # a 5x5 block: a 3x3 interior
+    mask[0:3, 8] = True  # a strip on the image's right edge
+    mask[6, 0] = True  # a lone pixel in a corner
+    edge, interior = mask_edge_and_interior(mask)
+    expected = torch.zeros_like(mask)
+    for y in range(7):
+        for x in range(9):
+            around = [(y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if 0 <= y + dy < 7 and 0 <= x + dx < 9]
+            expected[y, x] = bool(mask[y, x]) and all(bool(mask[p]) for p in around)
+    assert torch.equal(interior, expected)
+    assert torch.equal(edge, mask & ~expected)
+    assert int(interior.sum()) == 9 and not interior[6, 0] and not edge[~mask].any()
+
+
+def test_rows_carry_the_masked_score_of_the_edge_band_and_the_interior(tmp_path):
+    """bench.mini_world's rows split the object's score over the mask's edge band and its interior:
+    recomputed here from the files for one copied view (the nearest input), pixel lists by hand."""
+    from viewneti_core.evaluation.metrics import load_mask
+    from viewneti_core.inference import read_predictions
+    from viewneti_core.mini_world.evaluate import run_results
+
+    run_results(tmp_path, [21], [3], FitSettings(seeds=(0,)), ("nearest-view",), progress=False)
+    rows = pd.read_parquet(tmp_path / "rows.parquet")
+    assert rows[["psnr_edge", "psnr_interior"]].notna().all().all()
+    row = rows.iloc[len(rows) // 2]
+    _, images = read_predictions(tmp_path / "predictions" / "nearest-view-scan21-3view")
+    root = tmp_path / "dtu"
+    truth = np.asarray(load_image(root / dtu.image_relpath(21, int(row["cam"])), "RGB"), dtype=np.float64) / 255
+    render = images[(0, int(row["cam"]))].permute(1, 2, 0).double().numpy()
+    mask = load_mask(root / dtu.mask_relpath(21, int(row["cam"])), size=truth.shape[:2]).numpy()
+    height, width = mask.shape
+    edge, inner = [], []
+    for y, x in zip(*np.nonzero(mask), strict=True):
+        around = mask[max(y - 1, 0):min(y + 2, height), max(x - 1, 0):min(x + 2, width)]
+        (inner if around.all() else edge).append(((render[y, x] - truth[y, x]) ** 2).mean())
+    assert edge and inner
+    assert row["psnr_edge"] == pytest.approx(-10 * np.log10(np.mean(edge)), abs=1e-3)
+    assert row["psnr_interior"] == pytest.approx(-10 * np.log10(np.mean(inner)), abs=1e-3)
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert table["edge_psnr_mean"].iloc[0] == pytest.approx(rows["psnr_edge"].mean(), abs=1e-6)
 
 
 def test_fit_config_carries_the_fit_settings(tmp_path):

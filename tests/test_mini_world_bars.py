@@ -109,3 +109,5 @@ def test_the_bench_prints_and_writes_the_bars(tmp_path, capsys):
     assert written.bar.tolist() == ["mode 2 - nearest input view, masked PSNR"]
     assert written.scans.tolist() == [2] and written.n_views.tolist() == [9]
     assert f"| mode 2 - nearest input view, masked PSNR | 9 | {written.margin[0]:+.3f} |" in printed
+    copy = pd.read_csv(out / "results.csv").set_index("variant").loc["nearest-view"]  # the object's edge / interior
+    assert f"| {copy.edge_psnr_mean:.2f} / {copy.interior_psnr_mean:.2f} |" in printed

@@ -13,7 +13,9 @@ Next to the DTU protocol's masked PSNR, every row also gets the whole-image PSNR
 against its own camera's ground truth (`psnr_image`) and against the ground truth of the test view
 in the mirrored position of the test-view list (`psnr_image_reversed`): their gap says whether the
 camera decides what is drawn (view control), which the masked score of an object region the model
-draws wrongly hides.
+draws wrongly hides. The masked score is also split over the object mask's one-pixel edge band
+(`psnr_edge`: is the silhouette where the camera sees it) and its interior (`psnr_interior`: are the
+surfaces drawn right), which a copy of a neighbouring view and a render lose in different places.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from typing import get_args
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from viewneti_core.atomic_files import temp_file_beside
 from viewneti_core.config import DataConfig, ViewNetiConfig
 from viewneti_core.data import dtu
 from viewneti_core.data.captions import VIEW_CAPTION
 from viewneti_core.data.synthetic import make_synthetic_dtu
-from viewneti_core.evaluation.metrics import mse_to_psnr
+from viewneti_core.evaluation.metrics import load_mask, mse_to_psnr
 from viewneti_core.evaluation.scoring import evaluate_predictions
 from viewneti_core.images import load_image
 from viewneti_core.inference import read_predictions, run_inference, write_predictions
@@ -158,21 +161,35 @@ def prediction_meta(root: Path, scan: int, n_views: int, seeds: tuple[int, ...],
             "size": list(mini_world.SIZE)} | made_by
 
 
+def mask_edge_and_interior(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bool (H, W) object mask split in two: its edge band (mask pixels with a non-mask pixel among
+    their 8 neighbours; the image border counts as inside) and its interior (the rest)."""
+    eroded = -F.max_pool2d(-mask.float()[None, None], 3, stride=1, padding=1)[0, 0] > 0
+    return mask & ~eroded, eroded
+
+
 def view_control_columns(frame: pd.DataFrame, pred_dir: Path, root: Path, scan: int) -> pd.DataFrame:
     """Add `psnr_image` (whole image vs its own camera's truth) and `psnr_image_reversed` (vs the
-    truth of the test view mirrored in the test-view list) to the rows of `frame` (one per seed, cam)."""
+    truth of the test view mirrored in the test-view list), and the masked PSNR over the object mask's
+    edge band and interior (`psnr_edge`, `psnr_interior`), to the rows of `frame` (one per seed, cam)."""
     _, images = read_predictions(pred_dir)
     cams = sorted({cam for _, cam in images})
     mirrored = dict(zip(cams, cams[::-1], strict=True))
     truths = {cam: torch.from_numpy(np.array(load_image(root / dtu.image_relpath(scan, cam), "RGB")))
               .permute(2, 0, 1).float() / 255 for cam in cams}
+    regions = {cam: mask_edge_and_interior(load_mask(root / dtu.mask_relpath(scan, cam), size=tuple(truths[cam].shape[1:])))
+               for cam in cams}
 
-    def psnr(seed: int, cam: int, truth_cam: int) -> float:
-        return float(mse_to_psnr(((images[(seed, cam)] - truths[truth_cam]) ** 2).mean()))
+    def psnr(seed: int, cam: int, truth_cam: int, where: torch.Tensor | None = None) -> float:
+        error = ((images[(seed, cam)] - truths[truth_cam]) ** 2).mean(0)
+        return float(mse_to_psnr(error.mean() if where is None else error[where].mean()))  # empty region: NaN
 
     frame = frame.copy()
-    frame["psnr_image"] = [psnr(s, c, c) for s, c in zip(frame["seed"], frame["cam"], strict=True)]
-    frame["psnr_image_reversed"] = [psnr(s, c, mirrored[c]) for s, c in zip(frame["seed"], frame["cam"], strict=True)]
+    pairs = list(zip(frame["seed"], frame["cam"], strict=True))
+    frame["psnr_image"] = [psnr(s, c, c) for s, c in pairs]
+    frame["psnr_image_reversed"] = [psnr(s, c, mirrored[c]) for s, c in pairs]
+    frame["psnr_edge"] = [psnr(s, c, c, regions[c][0]) for s, c in pairs]
+    frame["psnr_interior"] = [psnr(s, c, c, regions[c][1]) for s, c in pairs]
     return frame
 
 
@@ -206,6 +223,7 @@ def per_set_means(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per image set (variant, n_views, scan, seed): the mean of its test views' scores, and its
     view gap (whole-image PSNR against its own cameras minus against the mirrored ones)."""
     metrics = ["psnr", "ssim", "psnr_image", "psnr_image_reversed"]
+    metrics += [m for m in ("psnr_edge", "psnr_interior") if m in rows]  # rows scored before 2026-12-07 lack them
     per_set = rows.groupby(["variant", "n_views", "scan", "seed"], as_index=False)[metrics].mean()
     per_set["view_gap"] = per_set["psnr_image"] - per_set["psnr_image_reversed"]
     return per_set
@@ -214,10 +232,12 @@ def per_set_means(rows: pd.DataFrame) -> pd.DataFrame:
 def summarize_results(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Per (variant, n_views): mean and std over (scan, seed) of the per-image-set means, as DTU tables do."""
     per_set = per_set_means(pd.concat(frames, ignore_index=True))
+    regions = {f"{m.removeprefix('psnr_')}_psnr_mean": (m, "mean") for m in ("psnr_edge", "psnr_interior")
+               if m in per_set}
     table = per_set.groupby(["variant", "n_views"]).agg(
         psnr_mean=("psnr", "mean"), psnr_std=("psnr", "std"), ssim_mean=("ssim", "mean"), ssim_std=("ssim", "std"),
         image_psnr_mean=("psnr_image", "mean"), image_psnr_std=("psnr_image", "std"),
-        view_gap_mean=("view_gap", "mean"), view_gap_std=("view_gap", "std"),
+        view_gap_mean=("view_gap", "mean"), view_gap_std=("view_gap", "std"), **regions,
         sets=("psnr", "size")).reset_index()
     order = {v: i for i, v in enumerate(("pretraining-token", *VARIANTS))}
     return table.sort_values(["n_views", "variant"], key=lambda c: c.map(order) if c.name == "variant" else c)
