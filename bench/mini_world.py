@@ -46,7 +46,7 @@ def markdown(table) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
         regions = (f"{row.edge_psnr_mean:.2f} / {row.interior_psnr_mean:.2f}"
-                   if hasattr(row, "edge_psnr_mean") else "-")  # a folder scored before the split
+                   if hasattr(row, "edge_psnr_mean") else "-")  # no masks, or scored before the split
         lines.append(f"| {row.n_views} | {row.variant} | {row.psnr_mean:.2f} ± {row.psnr_std:.2f} "
                      f"| {row.ssim_mean:.3f} ± {row.ssim_std:.3f} | {row.image_psnr_mean:.2f} ± {row.image_psnr_std:.2f} "
                      f"| {row.view_gap_mean:+.2f} ± {row.view_gap_std:.2f} | {regions} | {row.sets} |")

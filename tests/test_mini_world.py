@@ -8,6 +8,7 @@ asserted: measured over the 15 held-out scans, it does with 1 input view and not
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -351,6 +352,13 @@ def test_rows_carry_the_masked_score_of_the_edge_band_and_the_interior(tmp_path)
     assert row["psnr_interior"] == pytest.approx(-10 * np.log10(np.mean(inner)), abs=1e-3)
     table = pd.read_csv(tmp_path / "results.csv")
     assert table["edge_psnr_mean"].iloc[0] == pytest.approx(rows["psnr_edge"].mean(), abs=1e-6)
+    # a scan without masks (the pretraining scans: bench.mini_world --pretraining-scans) gets no such columns
+    from viewneti_core.mini_world.evaluate import view_control_columns
+
+    shutil.rmtree(root / dtu.mask_relpath(21, 0).rsplit("/", 1)[0])
+    unmasked = view_control_columns(rows.drop(columns=["psnr_edge", "psnr_interior"]),
+                                    tmp_path / "predictions" / "nearest-view-scan21-3view", root, 21)
+    assert "psnr_edge" not in unmasked and unmasked["psnr_image"].equals(rows["psnr_image"])
 
 
 def test_fit_config_carries_the_fit_settings(tmp_path):

@@ -170,15 +170,16 @@ def mask_edge_and_interior(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 def view_control_columns(frame: pd.DataFrame, pred_dir: Path, root: Path, scan: int) -> pd.DataFrame:
     """Add `psnr_image` (whole image vs its own camera's truth) and `psnr_image_reversed` (vs the
-    truth of the test view mirrored in the test-view list), and the masked PSNR over the object mask's
-    edge band and interior (`psnr_edge`, `psnr_interior`), to the rows of `frame` (one per seed, cam)."""
+    truth of the test view mirrored in the test-view list), and where the scan has masks the masked PSNR
+    over their edge band and interior (`psnr_edge`, `psnr_interior`), to the rows of `frame` (one per seed, cam)."""
     _, images = read_predictions(pred_dir)
     cams = sorted({cam for _, cam in images})
     mirrored = dict(zip(cams, cams[::-1], strict=True))
     truths = {cam: torch.from_numpy(np.array(load_image(root / dtu.image_relpath(scan, cam), "RGB")))
               .permute(2, 0, 1).float() / 255 for cam in cams}
-    regions = {cam: mask_edge_and_interior(load_mask(root / dtu.mask_relpath(scan, cam), size=tuple(truths[cam].shape[1:])))
-               for cam in cams}
+    masks = {cam: root / dtu.mask_relpath(scan, cam) for cam in cams}
+    regions = {cam: mask_edge_and_interior(load_mask(path, size=tuple(truths[cam].shape[1:])))
+               for cam, path in masks.items() if path.is_file()}  # pretraining scans have no masks
 
     def psnr(seed: int, cam: int, truth_cam: int, where: torch.Tensor | None = None) -> float:
         error = ((images[(seed, cam)] - truths[truth_cam]) ** 2).mean(0)
@@ -188,8 +189,9 @@ def view_control_columns(frame: pd.DataFrame, pred_dir: Path, root: Path, scan: 
     pairs = list(zip(frame["seed"], frame["cam"], strict=True))
     frame["psnr_image"] = [psnr(s, c, c) for s, c in pairs]
     frame["psnr_image_reversed"] = [psnr(s, c, mirrored[c]) for s, c in pairs]
-    frame["psnr_edge"] = [psnr(s, c, c, regions[c][0]) for s, c in pairs]
-    frame["psnr_interior"] = [psnr(s, c, c, regions[c][1]) for s, c in pairs]
+    if len(regions) == len(cams):
+        frame["psnr_edge"] = [psnr(s, c, c, regions[c][0]) for s, c in pairs]
+        frame["psnr_interior"] = [psnr(s, c, c, regions[c][1]) for s, c in pairs]
     return frame
 
 
