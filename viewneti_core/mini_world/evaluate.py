@@ -51,6 +51,7 @@ EVAL_SIZE = (mini_world.SIZE[1], mini_world.SIZE[0])  # (H, W)
 LEARNED = ("viewneti", "untrained-view-mapper", "mode2")
 BASELINES = ("nearest-view", "mean-image")
 VARIANTS = LEARNED + BASELINES
+REGION_METRICS = ("psnr_edge", "psnr_interior")  # masked PSNR over the mask's edge band and interior
 AUGMENTATIONS = get_args(DataConfig.model_fields["augmentation"].annotation)  # the config's choices
 
 
@@ -225,7 +226,7 @@ def per_set_means(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per image set (variant, n_views, scan, seed): the mean of its test views' scores, and its
     view gap (whole-image PSNR against its own cameras minus against the mirrored ones)."""
     metrics = ["psnr", "ssim", "psnr_image", "psnr_image_reversed"]
-    metrics += [m for m in ("psnr_edge", "psnr_interior") if m in rows]  # rows scored before 2026-12-07 lack them
+    metrics += [m for m in REGION_METRICS if m in rows]  # rows scored before 2026-12-07 lack them
     per_set = rows.groupby(["variant", "n_views", "scan", "seed"], as_index=False)[metrics].mean()
     per_set["view_gap"] = per_set["psnr_image"] - per_set["psnr_image_reversed"]
     return per_set
@@ -234,8 +235,7 @@ def per_set_means(rows: pd.DataFrame) -> pd.DataFrame:
 def summarize_results(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Per (variant, n_views): mean and std over (scan, seed) of the per-image-set means, as DTU tables do."""
     per_set = per_set_means(pd.concat(frames, ignore_index=True))
-    regions = {f"{m.removeprefix('psnr_')}_psnr_mean": (m, "mean") for m in ("psnr_edge", "psnr_interior")
-               if m in per_set}
+    regions = {f"{m.removeprefix('psnr_')}_psnr_mean": (m, "mean") for m in REGION_METRICS if m in per_set}
     table = per_set.groupby(["variant", "n_views"]).agg(
         psnr_mean=("psnr", "mean"), psnr_std=("psnr", "std"), ssim_mean=("ssim", "mean"), ssim_std=("ssim", "std"),
         image_psnr_mean=("psnr_image", "mean"), image_psnr_std=("psnr_image", "std"),
