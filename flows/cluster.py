@@ -32,6 +32,8 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
 ADDRESS_ENV = "VIEWNETI_DASK_ADDRESS"
 WORKERS_ENV = "VIEWNETI_DASK_WORKERS"
 THREADS_ENV = "VIEWNETI_DASK_THREADS"
@@ -59,22 +61,37 @@ def local_gpu_slots() -> int:
 
 def ensure_gpu_limit(slots: int) -> int:
     """Create the Prefect global concurrency limit that every GPU task holds a slot of (tasks.runtime.gpu_slot)
-    with `slots` slots, unless it exists (then its slots are an operator's choice and are kept). Returns them."""
+    with `slots` slots, unless it exists (then its slots are an operator's choice and are kept). Returns them.
+
+    An existing limit's occupied slots are released when no flow run on the server is pending or running:
+    nothing can hold them then. Such orphans are what a server restart leaves behind: Prefect keeps the slots'
+    leases in the server's memory, so the slots held by runs killed before the restart never expire, and
+    every later GPU task would wait for them forever."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     from tasks.runtime import GPU_LIMIT
 
     with get_client(sync_client=True) as client:
         try:
-            return client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
+            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
         except ObjectNotFound:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
                 return slots
             except ObjectAlreadyExists:  # another run created it a moment ago
                 return client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
+        if limit.active_slots:
+            live = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING])))
+            if not client.read_flow_runs(flow_run_filter=live, limit=1):
+                client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=0))
+                logger.warning("released %d slot(s) of %s that no flow run holds (left by runs killed before "
+                               "the Prefect server restarted)", limit.active_slots, GPU_LIMIT)
+        return limit.limit
 
 
 def local_gpu_cluster(

@@ -103,3 +103,43 @@ def test_fit_resumes_a_compatible_run_and_starts_over_a_changed_one(prefect_serv
     for checkpoint in sorted((run_dir / "checkpoints").glob("checkpoint-*")):
         info = json.loads((checkpoint / "checkpoint.json").read_text())
         assert info["config"]["optim"]["learning_rate"] == 0.5, checkpoint
+
+
+def test_gpu_slots_that_no_flow_run_holds_are_released(prefect_server, capfd):
+    """A server restart loses Prefect's slot leases (kept in the server's memory): slots held by runs killed
+    before it stay occupied for ever, and every later GPU task waits. `ensure_gpu_limit` (called by
+    `viewneti-pipeline run|demo` before their run) releases them when no flow run is pending or running,
+    and keeps them while one is."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.concurrency.sync import concurrency
+    from prefect.states import Cancelled, Completed, Running
+
+    from flows.cluster import ensure_gpu_limit
+    from tasks.runtime import GPU_LIMIT
+
+    @flow
+    def holder():  # never run: its flow run only stands for a live run on the server
+        pass
+
+    with get_client(sync_client=True) as client:
+        live = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+            any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING])))
+        for leftover in client.read_flow_runs(flow_run_filter=live):  # earlier tests' killed runs, if any
+            client.set_flow_run_state(leftover.id, Cancelled(), force=True)
+        assert ensure_gpu_limit(2) == 2  # created
+        # the state a restart leaves: both slots occupied, no lease on the new server
+        client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=2))
+        running = client.create_flow_run(holder, state=Running())
+        assert ensure_gpu_limit(1) == 2  # an existing limit keeps its operator's slots...
+        assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 2  # ...and a live run's
+        client.set_flow_run_state(running.id, Completed(), force=True)
+        capfd.readouterr()
+        assert ensure_gpu_limit(1) == 2
+        assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
+        assert "released 2 slot(s) of viewneti-gpu" in capfd.readouterr().err  # said, with the reason
+    with concurrency(GPU_LIMIT, occupy=2, timeout_seconds=30):  # both slots can be taken again
+        pass
