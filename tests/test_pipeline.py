@@ -494,7 +494,7 @@ def _deployment_run(config: dict, env: dict) -> str:
 
 
 @pytest.mark.timeout(1800)  # three deployment scenarios in one test (one worker start instead of three)
-def test_deployments_on_one_process_worker(benchmark_run, deployed, tmp_path):
+def test_deployments_on_one_process_worker(benchmark_run, deployed, prefect_server, tmp_path):
     """Everything that needs a process worker, on one worker (one start instead of three):
     1. the server rejects bad parameters; a deployment run of the benchmark completes;
     2. pretrain-view-mapper TRAINS a view mapper (no mapper given), saves its config and emits
@@ -573,8 +573,14 @@ def test_deployments_on_one_process_worker(benchmark_run, deployed, tmp_path):
             deadline = time.monotonic() + first_heartbeat_s
             while time.monotonic() < deadline and not client.read_events(filter=heartbeat, limit=1).events:
                 time.sleep(1)
-            assert client.read_events(filter=heartbeat, limit=1).events, \
-                f"no heartbeat event from the flow run in {first_heartbeat_s} s of it running\n" + log_tail()
+            if not client.read_events(filter=heartbeat, limit=1).events:
+                # Which side lost it: the run's other events persisted (its state changes) mean its process sent
+                # no heartbeat; none at all mean the server's event persister is behind (see the server's log).
+                own = EventFilter(resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]))
+                seen = sorted({e.event for e in client.read_events(filter=own, limit=50).events})
+                pytest.fail(f"no heartbeat event from the flow run in {first_heartbeat_s} s of it running; its "
+                            f"persisted events: {seen}\nworker log:\n{log_tail()}\nserver log:\n"
+                            + prefect_server.log_file.read_text(errors="replace")[-3000:])
             family = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
             for process in family:  # the worker first: it would otherwise report the crash itself
                 with contextlib.suppress(psutil.NoSuchProcess):
