@@ -28,8 +28,11 @@ COLORS = {  # linear RGB; hues far enough apart to stay distinct after the 4x VA
 KINDS = {"ball": "sphere", "box": "box", "can": "cylinder"}
 TABLE_COLOR = np.array([[0.42, 0.40, 0.36], [0.42, 0.40, 0.36]])
 BACKGROUND = np.array([[0.04, 0.05, 0.07], [0.15, 0.17, 0.22]])
-SLOTS = {1: (0.0,), 2: (-60.0, 60.0)}  # x of each object, mm
+SLOTS = {1: (0.0,), 2: (-75.0, 75.0)}  # x of each object, mm
 ONE_OBJECT_SHARE = 0.4
+# Every drawn size times 1.4: objects then cover about a quarter of the image instead of an eighth, so
+# each tone keeps more latent pixels at 64x48 (docs/mini_world.md, "Objects larger in the frame").
+OBJECT_SCALE = 1.4
 
 
 def two_tone_scene(seed: int, scan: int) -> tuple[Scene, str]:
@@ -50,6 +53,7 @@ def two_tone_scene(seed: int, scan: int) -> tuple[Scene, str]:
             size = np.array([rng.uniform(30, 38), rng.uniform(28, 36), rng.uniform(70, 110)]) * scale
         else:
             size = np.array([rng.uniform(30, 38), rng.uniform(70, 115)]) * scale
+        size = size * OBJECT_SCALE
         split = np.array([math.cos(angle), math.sin(angle), 0.0])  # the second colour on the +x side
         objects.append(Primitive(KINDS[kind], base, size, angle, np.array([COLORS[left], COLORS[right]]),
                                  "split", 10.0, split))

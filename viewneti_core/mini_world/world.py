@@ -44,10 +44,20 @@ def camera_angles() -> list[tuple[float, float]]:
 
 
 def view_words(view: int) -> str:
-    """Coarse viewpoint words of a DTU view, as web captions have them: "left, high"."""
+    """Viewpoint words of a DTU view, as web captions have them: the camera's row and one of five sides
+    ("far left, low"; 23 classes over the 49 cameras)."""
     polar, azimuth = camera_angles()[view]
-    side = "left" if azimuth < -20 else "right" if azimuth > 20 else "front"
-    height = "high" if polar < 50 else "low" if polar > 62 else "middle"
+    if azimuth < -40:
+        side = "far left"
+    elif azimuth < -15:
+        side = "left"
+    elif azimuth <= 15:
+        side = "front"
+    elif azimuth <= 40:
+        side = "right"
+    else:
+        side = "far right"
+    height = {38.0: "top", 48.0: "high", 57.0: "middle", 66.0: "low", 74.0: "bottom"}[polar]
     return f"{side}, {height}"
 
 
