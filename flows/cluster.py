@@ -63,8 +63,8 @@ def ensure_gpu_limit(slots: int) -> int:
     """Create the Prefect global concurrency limit that every GPU task holds a slot of (tasks.runtime.gpu_slot)
     with `slots` slots, unless it exists (then its slots are an operator's choice and are kept). Returns them.
 
-    An existing limit's occupied slots are released when no flow run on the server is pending or running:
-    nothing can hold them then. Such orphans are what a server restart leaves behind: Prefect keeps the slots'
+    An existing limit's occupied slots are released when no flow run on the server is pending, running, paused
+    or cancelling: nothing can hold them then (a scheduled run holds none). Such orphans are what a server restart leaves behind: Prefect keeps the slots'
     leases in the server's memory, so the slots held by runs killed before the restart never expire, and
     every later GPU task would wait for them forever."""
     from prefect.client.orchestration import get_client
@@ -86,7 +86,7 @@ def ensure_gpu_limit(slots: int) -> int:
                 return client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
         if limit.active_slots:
             live = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING])))
+                any_=[StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING])))
             if not client.read_flow_runs(flow_run_filter=live, limit=1):
                 client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=0))
                 logger.warning("released %d slot(s) of %s that no flow run holds (left by runs killed before "
