@@ -108,8 +108,8 @@ def test_fit_resumes_a_compatible_run_and_starts_over_a_changed_one(prefect_serv
 def test_gpu_slots_that_no_flow_run_holds_are_released(prefect_server, capfd):
     """A server restart loses Prefect's slot leases (kept in the server's memory): slots held by runs killed
     before it stay occupied for ever, and every later GPU task waits. `ensure_gpu_limit` (called by
-    `viewneti-pipeline run|demo` before their run) releases them when no flow run is pending, running, paused or cancelling,
-    and keeps them while one is."""
+    `viewneti-pipeline run|demo` before their run) releases them when no flow run is pending, running, paused
+    or cancelling, and keeps them while one is."""
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
