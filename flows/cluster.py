@@ -59,18 +59,25 @@ def local_gpu_slots() -> int:
     return len(_cuda_devices()) or int(os.environ.get(WORKERS_ENV, "2"))
 
 
+def live_flow_runs_filter():
+    """Flow runs that may hold a GPU slot: pending, running, paused or cancelling (a scheduled run holds none)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    states = [StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
+    return FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states)))
+
+
 def ensure_gpu_limit(slots: int) -> int:
     """Create the Prefect global concurrency limit that every GPU task holds a slot of (tasks.runtime.gpu_slot)
     with `slots` slots, unless it exists (then its slots are an operator's choice and are kept). Returns them.
 
-    An existing limit's occupied slots are released when no flow run on the server is pending, running, paused
-    or cancelling: nothing can hold them then (a scheduled run holds none). Such orphans are what a server restart leaves behind: Prefect keeps the slots'
+    An existing limit's occupied slots are released when no flow run on the server could hold them
+    (`live_flow_runs_filter`). Such orphans are what a server restart leaves behind: Prefect keeps the slots'
     leases in the server's memory, so the slots held by runs killed before the restart never expire, and
     every later GPU task would wait for them forever."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     from tasks.runtime import GPU_LIMIT
@@ -84,13 +91,10 @@ def ensure_gpu_limit(slots: int) -> int:
                 return slots
             except ObjectAlreadyExists:  # another run created it a moment ago
                 return client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
-        if limit.active_slots:
-            live = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING])))
-            if not client.read_flow_runs(flow_run_filter=live, limit=1):
-                client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=0))
-                logger.warning("released %d slot(s) of %s that no flow run holds (left by runs killed before "
-                               "the Prefect server restarted)", limit.active_slots, GPU_LIMIT)
+        if limit.active_slots and not client.read_flow_runs(flow_run_filter=live_flow_runs_filter(), limit=1):
+            client.update_global_concurrency_limit(GPU_LIMIT, GlobalConcurrencyLimitUpdate(active_slots=0))
+            logger.warning("released %d slot(s) of %s that no flow run holds (left by runs killed before "
+                           "the Prefect server restarted)", limit.active_slots, GPU_LIMIT)
         return limit.limit
 
 

@@ -113,12 +113,10 @@ def test_gpu_slots_that_no_flow_run_holds_are_released(prefect_server, capfd):
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
     from prefect.concurrency.sync import concurrency
     from prefect.states import Cancelled, Completed, Running
 
-    from flows.cluster import ensure_gpu_limit
+    from flows.cluster import ensure_gpu_limit, live_flow_runs_filter
     from tasks.runtime import GPU_LIMIT
 
     @flow
@@ -126,9 +124,7 @@ def test_gpu_slots_that_no_flow_run_holds_are_released(prefect_server, capfd):
         pass
 
     with get_client(sync_client=True) as client:
-        live = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-            any_=[StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING])))
-        for leftover in client.read_flow_runs(flow_run_filter=live):  # earlier tests' killed runs, if any
+        for leftover in client.read_flow_runs(flow_run_filter=live_flow_runs_filter()):  # earlier tests' killed runs, if any
             client.set_flow_run_state(leftover.id, Cancelled(), force=True)
         assert ensure_gpu_limit(2) == 2  # created
         # the state a restart leaves: both slots occupied, no lease on the new server
