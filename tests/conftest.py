@@ -67,3 +67,29 @@ def _prefect_env_for_server_tests(request):
 
     with prefect_env(request.getfixturevalue("prefect_server")):
         yield
+
+
+@pytest.fixture
+def listen_to(caplog):
+    """`with listen_to("flows.cluster", logging.WARNING): ...` records that logger's lines in `caplog`.
+
+    caplog's handler sits on the root logger and capfd sees only the stderr handler that was current when
+    logging was configured: earlier tests (Prefect's logging setup, a dictConfig) may keep a record from
+    both. The handler is put on the logger itself (and only there: each record once)."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def listening(name: str, level: int):
+        logger = logging.getLogger(name)
+        logger.addHandler(caplog.handler)
+        propagate, logger.propagate = logger.propagate, False
+        disabled, logger.disabled = logger.disabled, False  # a logging.config.dictConfig may have disabled it
+        try:
+            with caplog.at_level(level, logger=name):
+                yield caplog
+        finally:
+            logger.removeHandler(caplog.handler)
+            logger.propagate, logger.disabled = propagate, disabled
+
+    return listening

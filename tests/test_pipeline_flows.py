@@ -5,6 +5,7 @@ server, real Dask clusters, tiny model (see tests/fixtures/pipeline.py)."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pandas as pd
 import pytest
@@ -105,7 +106,7 @@ def test_fit_resumes_a_compatible_run_and_starts_over_a_changed_one(prefect_serv
         assert info["config"]["optim"]["learning_rate"] == 0.5, checkpoint
 
 
-def test_gpu_slots_that_no_flow_run_holds_are_released(prefect_server, capfd):
+def test_gpu_slots_that_no_flow_run_holds_are_released(prefect_server, listen_to):
     """A server restart loses Prefect's slot leases (kept in the server's memory): slots held by runs killed
     before it stay occupied for ever, and every later GPU task waits. `ensure_gpu_limit` (called by
     `viewneti-pipeline run|demo` before their run) releases them when no flow run is pending, running, paused
@@ -133,9 +134,9 @@ def test_gpu_slots_that_no_flow_run_holds_are_released(prefect_server, capfd):
         assert ensure_gpu_limit(1) == 2  # an existing limit keeps its operator's slots...
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 2  # ...and a live run's
         client.set_flow_run_state(running.id, Completed(), force=True)
-        capfd.readouterr()
-        assert ensure_gpu_limit(1) == 2
+        with listen_to("flows.cluster", logging.WARNING) as said:
+            assert ensure_gpu_limit(1) == 2
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
-        assert "released 2 slot(s) of viewneti-gpu" in capfd.readouterr().err  # said, with the reason
+        assert any("released 2 slot(s) of viewneti-gpu" in r.getMessage() for r in said.records)  # said, why
     with concurrency(GPU_LIMIT, occupy=2, timeout_seconds=30):  # both slots can be taken again
         pass

@@ -49,21 +49,12 @@ def test_infer_refuses_bad_arguments_before_any_work(fitted_run, tmp_path, capsy
     assert not out.exists() and not (fitted_run / "inference").exists()  # nothing written
 
 
-def test_repeated_seeds_and_views_are_rendered_once_with_one_log_line(fitted_run, tmp_path, capsys, caplog):
+def test_repeated_seeds_and_views_are_rendered_once_with_one_log_line(fitted_run, tmp_path, capsys, caplog,
+                                                                      listen_to):
     out = tmp_path / "out"
-    # caplog's handler sits on the root logger; earlier tests (Prefect's logging setup, a dictConfig) may keep
-    # our records from it, so it listens on this module's logger itself (and only there: each record once).
-    logger = logging.getLogger("viewneti_core.render_args")
-    logger.addHandler(caplog.handler)
-    propagate, logger.propagate = logger.propagate, False
-    disabled, logger.disabled = logger.disabled, False  # a logging.config.dictConfig elsewhere may have disabled it
-    try:
-        with caplog.at_level(logging.WARNING, logger="viewneti_core.render_args"):
-            code = cli_main(["infer", "--run-dir", str(fitted_run), "--out", str(out), "--seeds", "1,0,1",
-                             "--views", "2,25,2,2", *FAST])
-    finally:
-        logger.removeHandler(caplog.handler)
-        logger.propagate, logger.disabled = propagate, disabled
+    with listen_to("viewneti_core.render_args", logging.WARNING):
+        code = cli_main(["infer", "--run-dir", str(fitted_run), "--out", str(out), "--seeds", "1,0,1",
+                         "--views", "2,25,2,2", *FAST])
     assert code == 0, capsys.readouterr().err
     index = json.loads((out / "predictions.json").read_text())
     assert index["seeds"] == [1, 0] and index["cams"] == [2, 25]
