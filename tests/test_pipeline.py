@@ -567,13 +567,18 @@ def test_deployments_on_one_process_worker(benchmark_run, deployed, prefect_serv
             # the automation reacts to a flow run whose heartbeats stop: wait until the server has its first one.
             # Its own deadline: the wait for Running may have used most of the one above, and the run sends its
             # first heartbeat on entering Running and then one a period (so a lost first one costs a period)
-            heartbeat = EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
-                                    resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]))
+            # A filter per query: an EventFilter's `occurred.until` defaults to the moment it is built, so one
+            # built once never sees a heartbeat sent after it (the test failed whenever the first one came late).
+            def heartbeats() -> list:
+                return client.read_events(filter=EventFilter(
+                    event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                    resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"])), limit=1).events
+
             first_heartbeat_s = 2 * HEARTBEAT_S + 60
             deadline = time.monotonic() + first_heartbeat_s
-            while time.monotonic() < deadline and not client.read_events(filter=heartbeat, limit=1).events:
+            while time.monotonic() < deadline and not heartbeats():
                 time.sleep(1)
-            if not client.read_events(filter=heartbeat, limit=1).events:
+            if not heartbeats():
                 # Which side lost it: the run's other events persisted (its state changes) mean its process sent
                 # no heartbeat; none at all mean the server's event persister is behind (see the server's log).
                 own = EventFilter(resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]))
