@@ -566,7 +566,7 @@ def test_deployments_on_one_process_worker(benchmark_run, deployed, prefect_serv
             assert state is not None and state.is_running(), f"{state}\n" + log_tail()
             # the automation reacts to a flow run whose heartbeats stop: wait until the server has its first one.
             # Its own deadline: the wait for Running may have used most of the one above, and the run sends its
-            # first heartbeat on entering Running and then one a period (so a lost first one costs a period)
+            # first heartbeat on entering Running and then one a period (so a lost first one costs a period).
             # A filter per query: an EventFilter's `occurred.until` defaults to the moment it is built, so one
             # built once never sees a heartbeat sent after it (the test failed whenever the first one came late).
             def heartbeats() -> list:
